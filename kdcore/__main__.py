@@ -1,0 +1,3 @@
+from kdcore.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""The `kd` command line. User mistakes become one clear message and exit code 1, never a traceback.
+
+Imports of torch, transformers and zarr happen inside the commands, so `kd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdcore.errors import KDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="LlamaKD: data-free knowledge distillation of language models.")
+out = Console()
+err = Console(stderr=True)
+
+SpecArg = typer.Argument(..., help="experiment spec (TOML)", show_default=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KDError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+def _spec(path: Path):
+    from kdcore.spec import load_spec
+
+    return load_spec(path)
+
+
+@app.command()
+def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json", help="print JSON")):
+    """Validate a spec; print it resolved (defaults filled in) and the student's parameter count."""
+    from kdcore.build import Builder
+    from kdcore.train import count_parameters
+
+    s = _spec(spec)
+    builder = Builder(s)
+    first = s.datasets[s.phases[0].dataset]
+    student = builder.student(first.max_seq_len)
+    for name in s.datasets:
+        builder.check_dataset(name)
+    for i in range(len(s.phases)):
+        builder.losses(i)
+    info = {"spec": s.resolved(), "teacher_vocab": builder.teacher.vocab_size,
+            "student_parameters": count_parameters(student)}
+    if json_out:
+        out.print_json(json.dumps(info))
+        return
+    out.print_json(json.dumps(info["spec"]))
+    out.print(f"[green]{spec}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
+              f"student '{s.student.name}' has {info['student_parameters']:,} parameters")
+
+
+@app.command()
+def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teacher, sampler, student, loss")):
+    """List every component: its kind, name, where it comes from and its parameters."""
+    from kdcore.registry import KINDS, load_registry
+
+    registry = load_registry()
+    for k in KINDS:
+        if kind and k != kind:
+            continue
+        table = Table(title=f"{k}s", show_lines=False)
+        for col in ("name", "from", "parameters (default)", "description"):
+            table.add_column(col)
+        for name in registry.names(k):
+            comp = registry.get(k, name)
+            params = ", ".join(
+                f"{f}={'required' if info.is_required() else repr(info.default)}"
+                for f, info in comp.params.model_fields.items()
+                if f not in ("dtype", "device")
+            )
+            table.add_row(name, comp.source, params, (comp.params.__doc__ or "").strip().split("\n")[0])
+        out.print(table)
+
+
+@app.command()
+def generate(spec: Path = SpecArg, dataset: Optional[list[str]] = typer.Option(None, help="only these datasets"),
+             overwrite: bool = typer.Option(False, help="regenerate a store made from a different spec")):
+    """Generate the spec's datasets into the store (resumes; skips complete ones)."""
+    from kdcore.runner import Runner
+
+    Runner(_spec(spec)).generate(dataset or None, overwrite=overwrite)
+
+
+@app.command()
+def train(spec: Path = SpecArg, restart: bool = typer.Option(False, help="discard checkpoints and train from scratch")):
+    """Train the student through the spec's phases (resumes from the last checkpoint)."""
+    from kdcore.runner import Runner
+
+    Runner(_spec(spec)).train(restart=restart)
+
+
+@app.command(name="eval")
+def evaluate(spec: Path = SpecArg):
+    """Revert the trained student and compare it with the teacher on real text."""
+    from kdcore.runner import Runner
+
+    Runner(_spec(spec)).evaluate()
+
+
+@app.command()
+def run(spec: Path = SpecArg, dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
+        overwrite: bool = typer.Option(False, help="regenerate stores made from a different spec")):
+    """All stages: generate, train, revert, evaluate — each skipped when already complete."""
+    from kdcore.runner import Runner
+
+    runner = Runner(_spec(spec))
+    if dry_run:
+        runner.print_plan()
+        return
+    runner.run(overwrite=overwrite)
+
+
+@app.command()
+def inspect(store: Path = typer.Argument(..., help="a store folder, e.g. store/negten"),
+            json_out: bool = typer.Option(False, "--json", help="print JSON")):
+    """Describe a generated store: spec, teacher, arrays, size, completion and target diagnostics."""
+    from kdcore.inspect import inspect_store, print_report
+
+    report = inspect_store(store)
+    if json_out:
+        out.print_json(json.dumps(report))
+    else:
+        print_report(report, out)
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="run folders (runs/<experiment>) or specs"),
+            output: Optional[Path] = typer.Option(None, "--out", help="write compare.md/.json/.png here")):
+    """Evaluation metrics of several runs side by side, with the baselines."""
+    from kdcore.compare import compare_runs
+
+    compare_runs(runs, output, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Training batches from a store, read by whole chunks.
+
+The batch plan of an epoch is a pure function of (seed, epoch): blocks are shuffled, taken a few at
+a time into a buffer (`shuffle_chunks`), and the buffer's rows are permuted and cut into batches.
+Random single-row reads were 50-170x slower here than whole chunks. Because the plan is known up
+front, resuming at step k of an epoch just starts at batch k, and rank r of W takes rows r::W of every
+global batch, so data-parallel training sees the same global batches as a single process.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kdcore.components import Inputs, Targets
+from kdcore.store import Store
+
+
+def epoch_plan(num_samples: int, block_rows: int, batch_size: int, shuffle_chunks: int,
+               seed: int, epoch: int) -> list[np.ndarray]:
+    """Global row indices of every batch of one epoch (the last batch may be short)."""
+    rng = np.random.default_rng([seed, epoch])
+    num_blocks = -(-num_samples // block_rows)
+    order = rng.permutation(num_blocks)
+    stream = []
+    for g in range(0, num_blocks, shuffle_chunks):
+        rows = np.concatenate([np.arange(b * block_rows, min((b + 1) * block_rows, num_samples))
+                               for b in order[g : g + shuffle_chunks]])
+        stream.append(rows[rng.permutation(len(rows))])
+    rows = np.concatenate(stream)
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+@dataclass
+class Batch:
+    inputs: Inputs
+    targets: Targets
+    rows: np.ndarray
+
+
+class StoreBatches(torch.utils.data.Dataset):
+    """Item k is batch k of the plan, for this rank; opens the store lazily (inside each worker)."""
+
+    def __init__(self, path, plan: list[np.ndarray], seq_len: int, make_sampler: Callable | None = None,
+                 dataset_seed: int = 0, rank: int = 0, world: int = 1, cache_blocks: int = 16):
+        self.path, self.plan, self.seq_len = path, plan, seq_len
+        self.make_sampler, self.dataset_seed = make_sampler, dataset_seed
+        self.rank, self.world, self.cache_blocks = rank, world, cache_blocks
+        self._store, self._sampler, self._cache = None, None, OrderedDict()
+
+    def __len__(self):
+        return len(self.plan)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.path)
+        return self._store
+
+    def _block(self, b: int, names: list[str]) -> dict:
+        if b not in self._cache:
+            self._cache[b] = self.store.read_block(b, names)
+            while len(self._cache) > self.cache_blocks:
+                self._cache.popitem(last=False)
+        return self._cache[b]
+
+    def __getitem__(self, k: int) -> Batch:
+        rows = np.sort(self.plan[k][self.rank :: self.world])
+        layout = self.store.layout
+        names = [n for n in layout.arrays() if n not in ("committed", "seed")]
+        blocks = rows // layout.block_rows
+        parts = {n: [] for n in names}
+        for b in np.unique(blocks):
+            data = self._block(int(b), names)
+            local = rows[blocks == b] - b * layout.block_rows
+            for n in names:
+                parts[n].append(data[n][local])
+        arr = {n: np.concatenate(v) for n, v in parts.items()}
+        lengths = torch.from_numpy(arr["length"].astype(np.int64))
+        if "ids" in arr:
+            inputs = Inputs(lengths, ids=torch.from_numpy(arr["ids"].astype(np.int64)))
+        elif "inputs" in arr:
+            inputs = Inputs(lengths, soft=torch.from_numpy(arr["inputs"]).float())
+        else:  # seed mode: regenerate the noise from (seed, index)
+            if self._sampler is None:
+                self._sampler = self.make_sampler()
+            inputs = self._sampler.sample([int(r) for r in rows], self.dataset_seed)
+            inputs = Inputs(lengths, soft=inputs.soft)
+        inputs = pad_to(inputs, self.seq_len)
+        if "logits" in arr:
+            targets = Targets(logits=torch.from_numpy(arr["logits"]).float())
+        else:
+            targets = Targets(values=torch.from_numpy(arr["topk_values"]).float(),
+                              indices=torch.from_numpy(arr["topk_indices"].astype(np.int64)),
+                              logsumexp=torch.from_numpy(arr["logsumexp"]))
+        if layout.positions == "all" and self.seq_len > layout.max_seq_len:
+            targets = _pad_positions(targets, self.seq_len)
+        return Batch(inputs, targets, rows)
+
+
+def pad_to(inputs: Inputs, seq_len: int) -> Inputs:
+    """Right-pad to a student's fixed length with id 0 / zero rows (padding, masked by length)."""
+    extra = seq_len - inputs.seq_len
+    if extra <= 0:
+        return inputs
+    if inputs.ids is not None:
+        return Inputs(inputs.lengths, ids=torch.nn.functional.pad(inputs.ids, (0, extra)))
+    return Inputs(inputs.lengths, soft=torch.nn.functional.pad(inputs.soft, (0, 0, 0, extra)))
+
+
+def _pad_positions(t: Targets, seq_len: int) -> Targets:
+    def pad(x, dim_from_end):
+        if x is None:
+            return None
+        extra = seq_len - x.shape[1]
+        widths = [0, 0] * (dim_from_end) + [0, extra]
+        return torch.nn.functional.pad(x, widths)
+
+    return Targets(pad(t.logits, 1), pad(t.values, 1), pad(t.indices, 1), pad(t.logsumexp, 0))
+
+
+def loader(dataset: StoreBatches, workers: int = 0):
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                       persistent_workers=False)

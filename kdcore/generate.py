@@ -1,0 +1,168 @@
+"""Generation: noise from the sampler through the frozen teacher into the store.
+
+Blocks are split by rank (block b belongs to rank b % world), each written whole then committed;
+a re-run redoes only uncommitted blocks. A store made from a different spec or teacher is refused,
+never overwritten, unless `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from kdcore import dist
+from kdcore.build import Builder
+from kdcore.components import Inputs, Targets, sample_seed
+from kdcore.errors import StoreError
+from kdcore.progress import bar
+from kdcore.spec import Spec, spec_hash
+from kdcore.store import Layout, Store, describe_difference
+
+
+def layout_for(spec: Spec, dataset: str, vocab_size: int, produces: str) -> Layout:
+    ds = spec.datasets[dataset]
+    return Layout(
+        num_samples=ds.samples, max_seq_len=ds.max_seq_len, vocab_size=vocab_size,
+        positions=ds.positions, logits=ds.logits, topk=ds.topk, inputs=ds.inputs,
+        produces=produces, block_rows=ds.block_size,
+    )
+
+
+def store_attrs(spec: Spec, dataset: str, teacher, sampler) -> dict:
+    identity = spec.dataset_identity(dataset)
+    return {
+        "name": dataset,
+        "experiment": spec.name,
+        "spec": spec.resolved()["datasets"][dataset],
+        "identity": identity,
+        "identity_hash": spec_hash(identity),
+        "teacher": {"name": teacher.name, "id": teacher.identity, "fingerprint": teacher.fingerprint(),
+                    "device": str(teacher.device), "dtype": str(teacher.dtype).removeprefix("torch.")},
+        "sampler": {"name": spec.datasets[dataset].sampler.name, "produces": sampler.produces,
+                    "deterministic": sampler.deterministic},
+        "vocab_size": teacher.vocab_size,
+    }
+
+
+def check_matches(store: Store, attrs: dict) -> list[str]:
+    """Why an existing store is not the one this spec would generate ([] if it is)."""
+    problems = []
+    if store.attrs.get("identity_hash") != attrs["identity_hash"]:
+        problems += describe_difference(store.attrs.get("identity", {}), attrs["identity"])
+        problems = problems or ["its recorded spec differs"]
+    old_fp = store.attrs.get("teacher", {}).get("fingerprint")
+    if old_fp != attrs["teacher"]["fingerprint"]:
+        problems.append(f"teacher fingerprint: {old_fp} -> {attrs['teacher']['fingerprint']}")
+    return problems
+
+
+def open_or_create(spec: Spec, dataset: str, attrs: dict, layout: Layout, overwrite: bool) -> Store:
+    path = spec.store_path(dataset)
+    if dist.is_main():
+        error = None
+        if path.exists():
+            try:
+                store = Store.open(path, mode="r")
+                problems = check_matches(store, attrs)
+            except StoreError as e:
+                problems = [str(e)]
+            if problems and not overwrite:
+                error = (
+                    f"{path} holds a different dataset than {spec.source} datasets.{dataset} would generate:\n  "
+                    + "\n  ".join(problems)
+                    + f"\nNothing was changed. Name a new dataset, or pass --overwrite to regenerate {path}."
+                )
+            elif problems:
+                shutil.rmtree(path)
+        if error is None and not path.exists():
+            Store.create(path, layout, attrs)
+        error = dist.broadcast_object(error)
+    else:
+        error = dist.broadcast_object(None)
+    if error:
+        raise StoreError(error)
+    dist.barrier()
+    return Store.open(path, mode="r+")
+
+
+def targets_to_arrays(targets: Targets) -> dict[str, np.ndarray]:
+    if targets.is_topk:
+        return {
+            "topk_values": targets.values.half().cpu().numpy(),
+            "topk_indices": targets.indices.cpu().numpy(),
+            "logsumexp": targets.logsumexp.float().cpu().numpy(),
+        }
+    return {"logits": targets.logits.half().cpu().numpy()}
+
+
+def inputs_to_arrays(inputs: Inputs, layout: Layout) -> dict[str, np.ndarray]:
+    out = {"length": inputs.lengths.numpy().astype(np.int32)}
+    if inputs.ids is not None:
+        out["ids"] = inputs.ids.numpy().astype(np.int32)
+    elif layout.inputs == "dense":
+        out["inputs"] = inputs.soft.half().numpy()
+    return out
+
+
+def concat(parts: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite: bool = False,
+             progress: bool = True, log=None) -> Store:
+    dist.init()
+    builder = builder or Builder(spec)
+    ds = spec.datasets[dataset]
+    teacher, sampler = builder.teacher, builder.sampler(dataset)
+    layout = layout_for(spec, dataset, teacher.vocab_size, sampler.produces)
+    attrs = store_attrs(spec, dataset, teacher, sampler)
+    store = open_or_create(spec, dataset, attrs, layout, overwrite)
+    if store.complete:
+        return store
+
+    blocks = store.pending_blocks(dist.rank(), dist.world())
+    todo = sum(np.subtract(*reversed(layout.block_range(b))) for b in blocks)
+    k = ds.topk if ds.logits == "topk" else None
+
+    def forward(indices: list[int]) -> dict[str, np.ndarray]:
+        inputs = sampler.sample(indices, ds.seed)
+        logits = teacher.logits(inputs.to(teacher.device), ds.positions)
+        targets = Targets.topk_of(logits, k) if k else Targets(logits=logits)
+        return {"seed": np.array([sample_seed(ds.seed, i) for i in indices], dtype=np.int64),
+                **inputs_to_arrays(inputs, layout), **targets_to_arrays(targets)}
+
+    start, done, tokens = time.perf_counter(), 0, 0
+    with bar(progress and dist.is_main()) as pbar, ThreadPoolExecutor(1) as writer:
+        task = pbar.add_task(f"generate {dataset}", total=todo, rate="")
+        pending = None
+        for b in blocks:
+            lo, hi = layout.block_range(b)
+            parts = []
+            for s in range(lo, hi, ds.batch_size):
+                part = forward(list(range(s, min(s + ds.batch_size, hi))))
+                parts.append(part)
+                done += len(part["length"])
+                tokens += int(part["length"].sum())
+                elapsed = time.perf_counter() - start
+                pbar.update(task, completed=done, rate=f"{done / elapsed:.1f} samples/s {tokens / elapsed:.0f} tok/s")
+            if pending is not None:
+                pending.result()  # one block in flight: bounded memory, errors surface
+            pending = writer.submit(store.write_block, b, concat(parts))
+        if pending is not None:
+            pending.result()
+    elapsed = time.perf_counter() - start
+    if log is not None and done:
+        log.write("generate", {"dataset": dataset, "samples": int(done), "tokens": int(tokens),
+                               "seconds": round(elapsed, 3), "samples_per_s": round(done / elapsed, 3),
+                               "rank": dist.rank()})
+    dist.barrier()
+    if dist.is_main():
+        store = Store.open(store.path, mode="r+")
+        if store.committed().all():
+            store.mark_complete()
+    dist.barrier()
+    return Store.open(store.path, mode="r")

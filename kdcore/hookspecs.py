@@ -1,0 +1,75 @@
+"""The extension points of LlamaKD, in pipeline order. Read this file to learn every hook.
+
+Built-in components (the `plugins/` folder, imported as `kd_plugins`) use these same hooks. A third
+party implements them in a module and either lists the module in a spec (`plugins = ["my_pkg.mod"]`)
+or declares it under the entry-point group `kd` of its package.
+
+Registration hooks receive a `register(name, cls, params)` callback:
+  name    the component's name in specs (`name = "uniform"`); a duplicate name is an error.
+  cls     the component class, or a "module:Class" string imported only when a spec selects it,
+          so heavy imports (transformers) stay out of `kd --help`.
+  params  a pydantic model of the component's parameters (extra keys forbidden); the spec table of
+          the component, minus `name`, is validated against it and passed to `cls(params, ctx)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "kd"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- components -----------------------------------------------------------------------------------
+
+
+@hookspec
+def kd_register_teachers(register: Any) -> None:
+    """Register teacher adapters.
+
+    A teacher wraps a frozen causal LM and accepts float vocab rows (`inputs_embeds = x @ E`) as well
+    as token ids, with identical logits for one-hot rows. See `kdcore.components.Teacher`.
+    """
+
+
+@hookspec
+def kd_register_samplers(register: Any) -> None:
+    """Register noise samplers.
+
+    A sampler turns (dataset seed, sample index) into one input sequence: float vocab rows or token
+    ids, and a length. It must be a pure function of (seed, index), so a sample is the same whatever
+    the batch size, process count or resume point. See `kdcore.components.Sampler`.
+    """
+
+
+@hookspec
+def kd_register_students(register: Any) -> None:
+    """Register student architectures.
+
+    A student's first layer is `Linear(vocab, d)` over float rows; `revert()` folds it into an
+    `Embedding` so the student takes token ids. See `kdcore.components.Student`.
+    """
+
+
+@hookspec
+def kd_register_losses(register: Any) -> None:
+    """Register distillation losses.
+
+    A loss maps (student logits, teacher targets, mask) to a scalar; a training phase sums several
+    with weights. Each must handle dense and top-k targets. See `kdcore.components.Loss`.
+    """
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+@hookspec
+def kd_on_metrics(stage: str, record: dict) -> None:
+    """Called with every metrics record a stage writes (a training step or epoch, an evaluation).
+
+    `stage` is "generate", "train" or "eval"; `record` is the JSON-able dict written to
+    `runs/<experiment>/metrics.jsonl`. Use it for loggers (wandb, tensorboard); do not mutate it.
+    """

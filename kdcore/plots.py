@@ -1,0 +1,78 @@
+"""PNG plots (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdcore.metrics import read_metrics
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training(metrics: Path, out: Path) -> Path | None:
+    records = read_metrics(metrics, "train")
+    if not records:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    steps = [r["step"] for r in records]
+    for key in [k for k in records[0] if k.startswith("loss_")] or ["loss"]:
+        axes[0].plot(steps, [r.get(key) for r in records], label=key.removeprefix("loss_"), lw=1)
+    axes[0].set_yscale("log")
+    axes[0].set_title("loss terms")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(steps, [r["lr"] for r in records], lw=1)
+    axes[1].set_title("learning rate")
+    axes[2].plot(steps, [r["distinct_pred"] for r in records], label="student", lw=1)
+    axes[2].plot(steps, [r["distinct_teacher"] for r in records], label="teacher", lw=1)
+    axes[2].set_title("distinct argmax per batch (collapse signal)")
+    axes[2].legend(fontsize=7)
+    phases = [r["step"] for a, r in zip(records, records[1:]) if r["phase"] != a["phase"]]
+    for ax in axes:
+        ax.set_xlabel("step")
+        for s in phases:
+            ax.axvline(s, color="grey", ls=":", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_bars(rows: list[dict], metrics: list[str], out: Path, title: str = "") -> Path:
+    """One bar group per metric, one bar per row (run or baseline)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8))
+    axes = [axes] if len(metrics) == 1 else axes
+    labels = [r["label"] for r in rows]
+    for ax, m in zip(axes, metrics):
+        vals = [r.get(m) if r.get(m) is not None else float("nan") for r in rows]
+        ax.bar(range(len(rows)), vals, color=[f"C{i}" for i in range(len(rows))])
+        ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(m, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_by_position(series: dict[str, list[float]], out: Path, title: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, values in series.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=label)
+    ax.set_xlabel("position in window")
+    ax.set_ylabel("top-1 agreement with teacher")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

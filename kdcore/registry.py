@@ -1,0 +1,132 @@
+"""Plugin loading and the component registries.
+
+`load_registry(extra_modules)` builds a pluggy PluginManager with the built-ins, the `kd` entry
+points of installed packages and any module paths a spec lists, then asks every plugin to register
+its components. Component classes may be given as "module:Class" strings and are imported only when
+`Registry.resolve()` is called, so listing components stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel
+
+from kdcore import hookspecs
+from kdcore.errors import KDError, did_you_mean
+
+KINDS = ("teacher", "sampler", "student", "loss")
+BUILTIN_MODULE = "kd_plugins"
+
+
+@dataclass
+class Component:
+    kind: str
+    name: str
+    target: type | str  # the class, or "module:Class" imported lazily
+    params: type[BaseModel]
+    source: str  # the plugin that registered it
+
+    def resolve(self) -> type:
+        if isinstance(self.target, str):
+            module, _, attr = self.target.partition(":")
+            self.target = getattr(importlib.import_module(module), attr)
+        return self.target
+
+    @property
+    def doc(self) -> str:
+        if isinstance(self.target, str):
+            return self.params.__doc__ or ""
+        return (inspect.getdoc(self.target) or self.params.__doc__ or "").split("\n")[0]
+
+
+class Registry:
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self.components: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
+
+    def _register_fn(self, kind: str, source: str):
+        def register(name: str, cls: type | str, params: type[BaseModel]) -> None:
+            table = self.components[kind]
+            if name in table:
+                raise KDError(
+                    f"{kind} '{name}' is registered twice: by {table[name].source} and by {source}"
+                )
+            if not (isinstance(params, type) and issubclass(params, BaseModel)):
+                raise KDError(f"{source}: {kind} '{name}': params must be a pydantic model class")
+            table[name] = Component(kind, name, cls, params, source)
+
+        return register
+
+    def collect(self) -> None:
+        for kind in KINDS:
+            caller = getattr(self.pm.hook, f"kd_register_{kind_plural(kind)}")
+            for impl in reversed(caller.get_hookimpls()):  # registration order
+                impl.function(register=self._register_fn(kind, impl.plugin_name))
+
+    def get(self, kind: str, name: str) -> Component:
+        table = self.components[kind]
+        if name not in table:
+            raise KDError(f"unknown {kind} '{name}'{did_you_mean(name, list(table))}")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+
+def kind_plural(kind: str) -> str:
+    return {"loss": "losses"}.get(kind, kind + "s")
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def import_plugin_module(path: str, base_dir: Path | None = None):
+    """Import a plugin given as a dotted module name or a .py file path (relative to base_dir)."""
+    if path.endswith(".py"):
+        file = Path(path)
+        if not file.is_absolute() and base_dir is not None:
+            file = base_dir / file
+        if not file.exists():
+            raise KDError(f"plugin file not found: {file}")
+        name = f"kd_user_plugin_{file.stem}"
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    if base_dir is not None and str(base_dir) not in sys.path:
+        # a module dropped next to the spec is importable by its name
+        sys.path.insert(0, str(base_dir))
+    try:
+        return importlib.import_module(path)
+    except ImportError as e:
+        raise KDError(f"cannot import plugin module '{path}': {e}") from None
+
+
+def load_registry(extra_modules: list[str] = (), base_dir: Path | None = None) -> Registry:
+    pm = make_plugin_manager()
+    pm.register(importlib.import_module(BUILTIN_MODULE), name=BUILTIN_MODULE)
+    pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    for path in extra_modules:
+        module = import_plugin_module(path, base_dir)
+        if pm.is_registered(module):
+            continue
+        pm.register(module, name=path)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise KDError(f"plugin {e.plugin!r}: {e}") from None
+    registry = Registry(pm)
+    registry.collect()
+    return registry

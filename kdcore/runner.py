@@ -1,0 +1,115 @@
+"""The stages in order — generate, train (phases), revert, evaluate — each skipped when complete."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from kdcore import dist
+from kdcore.build import Builder
+from kdcore.metrics import MetricsLog
+from kdcore.spec import Spec
+
+console = Console()
+
+
+class Runner:
+    def __init__(self, spec: Spec, progress: bool = True):
+        self.spec, self.progress = spec, progress
+        self.builder = Builder(spec)
+
+    def datasets_in_use(self) -> list[str]:
+        return list(dict.fromkeys(p.dataset for p in self.spec.phases))
+
+    def log(self) -> MetricsLog:
+        return MetricsLog(self.spec.run_path / "metrics.jsonl", self.spec.registry, enabled=dist.is_main())
+
+    def generate(self, datasets: list[str] | None = None, overwrite: bool = False) -> None:
+        from kdcore.errors import KDError
+        from kdcore.generate import generate
+
+        for name in datasets or self.datasets_in_use():
+            if name not in self.spec.datasets:
+                raise KDError(f"{self.spec.source}: no dataset '{name}'")
+            store = generate(self.spec, name, self.builder, overwrite=overwrite, progress=self.progress, log=self.log())
+            if dist.is_main():
+                console.print(f"[green]✓[/green] {store.path}: {store.layout.num_samples} samples, complete")
+
+    def train(self, restart: bool = False):
+        from kdcore.train import Trainer
+
+        trainer = Trainer(self.spec, self.builder, progress=self.progress)
+        if not restart and trainer.is_complete():
+            console.print(f"[green]✓[/green] {trainer.run_dir}: student already trained (skipped)")
+            return trainer.load_trained()
+        student = trainer.train(restart=restart)
+        if dist.is_main():
+            console.print(f"[green]✓[/green] trained student saved in {trainer.run_dir / 'student'}, reverted in {trainer.run_dir / 'reverted'}")
+        return student
+
+    def evaluate(self, force: bool = True) -> dict:
+        from kdcore.evaluate import eval_identity, evaluate, print_summary, report_dir
+        from kdcore.train import Trainer
+
+        path = report_dir(self.spec) / "report.json"
+        if not force and path.exists():
+            report = json.loads(path.read_text())
+            if report.get("identity_hash") == eval_identity(self.spec, Trainer(self.spec, self.builder, progress=False)):
+                console.print(f"[green]✓[/green] {path}: evaluation up to date (skipped)")
+                print_summary(report, console)
+                return report
+        report = evaluate(self.spec, self.builder)
+        print_summary(report, console)
+        console.print(f"report: {report_dir(self.spec) / 'report.md'}")
+        return report
+
+    def run(self, overwrite: bool = False) -> dict | None:
+        self.generate(overwrite=overwrite)
+        self.train()
+        dist.barrier()
+        if dist.is_main():
+            return self.evaluate(force=False)
+        return None
+
+    def print_plan(self) -> None:
+        """What `kd run` would do, with sizes, without running anything heavy."""
+        from kdcore.generate import layout_for
+        from kdcore.store import Store
+
+        teacher = self.builder.teacher
+        table = Table(title=f"{self.spec.source}: plan")
+        for col in ("stage", "what", "teacher forwards", "tokens (at most)", "store size", "status"):
+            table.add_column(col)
+        for name in self.datasets_in_use():
+            ds = self.spec.datasets[name]
+            produces = self.builder.sampler(name).produces
+            layout = layout_for(self.spec, name, teacher.vocab_size, produces)
+            path = self.spec.store_path(name)
+            status = "to generate"
+            if path.exists():
+                try:
+                    status = "complete" if Store.open(path).complete else "resume"
+                except Exception as e:  # reported, not crashed on
+                    status = f"unreadable: {e}"
+            forwards = -(-ds.samples // ds.batch_size)
+            table.add_row("generate", f"{name}: {ds.samples} x {ds.max_seq_len} ({ds.sampler.name})",
+                          f"{forwards} batches of {ds.batch_size}", f"{ds.samples * ds.max_seq_len:,}",
+                          _size(layout.bytes_per_sample() * ds.samples), status)
+        for i, p in enumerate(self.spec.phases):
+            N = self.spec.datasets[p.dataset].samples
+            steps = -(-N // p.batch_size) * p.epochs
+            steps = min(steps, p.max_steps) if p.max_steps else steps
+            table.add_row("train", f"phase {i}: {p.dataset}, {p.optimizer} lr {p.lr:g}, {steps} steps of {p.batch_size}",
+                          "", "", "", "")
+        table.add_row("eval", f"{self.spec.eval.windows} windows of {self.spec.eval.text}", "", "", "", "")
+        console.print(table)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"

@@ -1,0 +1,396 @@
+"""The experiment spec: a TOML file validated by pydantic in one pass.
+
+`load_spec(path)` returns a `Spec` whose components (teacher, samplers, student, losses) carry their
+parameters validated by each component's own pydantic model, or raises `SpecError` listing every
+problem as `file: key.path: message`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from kdcore.errors import KDError, SpecError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentRef(BaseModel):
+    """A component named in a spec: `name` plus that component's own parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: ClassVar[str] = ""
+    name: str
+    _params: Any = PrivateAttr(default=None)
+
+    @property
+    def params(self) -> BaseModel:
+        if self._params is None:
+            raise RuntimeError(f"{self.kind} '{self.name}' was not validated against the registry")
+        return self._params
+
+    def raw_params(self) -> dict:
+        return dict(self.model_extra or {})
+
+    def resolved(self) -> dict:
+        """Name plus every parameter with defaults filled in: what the component will run with."""
+        if self._params is None:
+            return {"name": self.name, **self.raw_params()}
+        out = {"name": self.name}
+        for field in type(self._params).model_fields:
+            value = getattr(self._params, field)
+            if isinstance(value, ComponentRef):
+                value = value.resolved()
+            elif isinstance(value, list) and value and isinstance(value[0], ComponentRef):
+                value = [v.resolved() for v in value]
+            elif isinstance(value, BaseModel):
+                value = value.model_dump(mode="json")
+            out[field] = value
+        return out
+
+
+class TeacherRef(ComponentRef):
+    kind: ClassVar[str] = "teacher"
+
+
+class SamplerRef(ComponentRef):
+    kind: ClassVar[str] = "sampler"
+
+
+class StudentRef(ComponentRef):
+    kind: ClassVar[str] = "student"
+
+
+class LossRef(ComponentRef):
+    kind: ClassVar[str] = "loss"
+
+
+class LossTerm(LossRef):
+    """A loss in a phase, with its weight (`weight` is the phase's, the rest the loss's)."""
+
+    weight: float = Field(1.0, ge=0)
+
+
+class DatasetSpec(Strict):
+    samples: int = Field(gt=0, description="number of samples")
+    max_seq_len: int = Field(gt=0, description="sequence length S (positions per sample)")
+    seed: int = 0
+    positions: Literal["last", "all"] = "last"
+    logits: Literal["dense", "topk"] = "dense"
+    topk: int = Field(64, gt=0, description="kept logits per position when logits = 'topk'")
+    inputs: Literal["seed", "dense"] = "seed"
+    batch_size: int = Field(16, gt=0, description="teacher forward batch size")
+    block_size: int = Field(64, gt=0, description="rows per chunk / commit block")
+    sampler: SamplerRef
+
+
+class PhaseSpec(Strict):
+    name: str | None = None
+    dataset: str
+    epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop the phase after this many steps")
+    batch_size: int = Field(16, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["constant", "step", "exponential", "cosine", "plateau"] = "constant"
+    step_size: int = Field(100, gt=0, description="steps between decays for scheduler = 'step'")
+    gamma: float = Field(0.5, gt=0, description="decay factor (step, exponential, plateau)")
+    clip: float | None = Field(None, gt=0, description="max gradient norm")
+    init: Literal["default", "kaiming"] = "default"
+    seed: int = 0
+    shuffle_chunks: int = Field(8, gt=0, description="chunks read into the shuffle buffer")
+    checkpoint_every: int = Field(50, gt=0, description="steps between checkpoints")
+    losses: list[LossTerm] = Field(min_length=1)
+
+
+class EvalSpec(Strict):
+    text: str = Field("builtin:eval.txt", description="evaluation text: a path or builtin:NAME")
+    windows: int = Field(200, gt=0, description="text windows scored")
+    batch_size: int = Field(16, gt=0)
+    positions: Literal["last", "all"] | None = Field(None, description="default: the training positions")
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "The capital of France is",
+            "Once upon a time, there was a",
+            "The best way to learn a new language is",
+        ]
+    )
+    max_new_tokens: int = Field(12, ge=0)
+    chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    plugins: list[str] = Field(default_factory=list)
+    store_dir: str = "store"
+    runs_dir: str = "runs"
+    teacher: TeacherRef
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+    student: StudentRef
+    phases: list[PhaseSpec] = Field(min_length=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    source: str = Field("<spec>", exclude=True)
+    base_dir: Path = Field(Path("."), exclude=True)
+    _registry: Any = PrivateAttr(default=None)
+
+    @property
+    def registry(self):
+        return self._registry
+
+    @model_validator(mode="after")
+    def _dataset_names(self):
+        for name in self.datasets:
+            if not _SAFE_NAME.fullmatch(name):
+                raise PointedError(f"datasets.{name}", "dataset names use letters, digits, '_', '.', '-'")
+        return self
+
+    # --- paths ---
+    def store_path(self, dataset: str) -> Path:
+        return self._path(self.store_dir) / dataset
+
+    @property
+    def run_path(self) -> Path:
+        return self._path(self.runs_dir) / self.name
+
+    def _path(self, p: str) -> Path:
+        return Path(p)
+
+    def resolved(self) -> dict:
+        data = self.model_dump(mode="json")
+        data["teacher"] = self.teacher.resolved()
+        data["student"] = self.student.resolved()
+        for name, ds in self.datasets.items():
+            data["datasets"][name]["sampler"] = ds.sampler.resolved()
+        for i, phase in enumerate(self.phases):
+            data["phases"][i]["losses"] = [
+                {**loss.resolved(), "weight": loss.weight} for loss in phase.losses
+            ]
+        return data
+
+    def dataset_identity(self, name: str) -> dict:
+        """What determines a dataset's content: its spec (minus the batch size) and the teacher's."""
+        ds = self.resolved()["datasets"][name]
+        ds.pop("batch_size")
+        teacher = {k: v for k, v in self.teacher.resolved().items() if k not in ("device", "batch_size")}
+        return {"dataset": ds, "teacher": teacher}
+
+
+import re  # noqa: E402
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class PointedError(ValueError):
+    """A cross-field check that knows which key is wrong."""
+
+    def __init__(self, loc: str, msg: str):
+        self.loc, self.msg = loc, msg
+        super().__init__(msg)
+
+
+def spec_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def pydantic_problems(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None):
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = format_loc(loc)
+        full = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, PointedError):
+            problems.append((ctx_err.loc, ctx_err.msg))
+            continue
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+            owner = _model_at(model, loc[:-1]) if model is not None else None
+            if owner is not None:
+                msg += did_you_mean(str(loc[-1]), [f for f in owner.model_fields if f not in ("source", "base_dir")])
+        elif kind == "missing":
+            msg = "required key is missing"
+        elif kind == "value_error":
+            msg = str(ctx_err) if ctx_err is not None else e["msg"].removeprefix("Value error, ")
+            head, sep, rest = msg.partition(": ")
+            owner = _model_at(model, loc) if model is not None else None
+            if sep and owner is not None and head in owner.model_fields:
+                full, msg = f"{full}.{head}", rest  # the validator named the key it is about
+        else:
+            msg = e["msg"]
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        problems.append((full, msg))
+    return problems
+
+
+def _model_at(model: type[BaseModel], loc: tuple):
+    """The pydantic model class that owns the key at `loc`, following the spec's nesting."""
+    import typing
+
+    current = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            # a dict-valued field (datasets): `part` is the key, keep the value type
+            continue
+        ann = field.annotation
+        current = _first_model(ann)
+    return current
+
+
+def _first_model(ann):
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def read_toml(path: Path) -> dict:
+    if not path.exists():
+        raise KDError(f"{path}: no such spec file")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(str(path), [("", f"TOML syntax error: {e}")]) from None
+
+
+def load_spec(path: str | Path, registry=None) -> Spec:
+    path = Path(path)
+    return parse_spec(read_toml(path), source=str(path), base_dir=path.parent, registry=registry)
+
+
+def parse_spec(data: dict, source: str = "<spec>", base_dir: Path = Path("."), registry=None) -> Spec:
+    from kdcore.registry import load_registry
+
+    problems: list[tuple[str, str]] = []
+    try:
+        spec = Spec.model_validate({**data, "source": source, "base_dir": base_dir})
+    except ValidationError as e:
+        problems.extend(pydantic_problems(e, model=Spec))
+        spec = None
+    problems.extend(_cross_checks(data))
+    if registry is None:
+        plugins = data.get("plugins", [])
+        try:
+            registry = load_registry(plugins if isinstance(plugins, list) else [], base_dir)
+        except KDError as e:
+            problems.append(("plugins", str(e)))
+    if registry is not None:
+        if spec is not None:
+            refs = list(_top_refs(spec))
+        else:  # still check every component table, so all errors come out in one pass
+            refs = []
+            for loc, ref_cls, raw in _raw_component_tables(data):
+                try:
+                    refs.append((loc, ref_cls.model_validate(raw)))
+                except ValidationError as e:
+                    problems.extend(pydantic_problems(e, prefix=loc, model=ref_cls))
+        for loc, ref in refs:
+            problems.extend(bind_component(registry, loc, ref))
+    if problems:
+        raise SpecError(source, list(dict.fromkeys(problems)))
+    spec._registry = registry
+    return spec
+
+
+def _cross_checks(data: dict) -> list[tuple[str, str]]:
+    """Checks across tables, run on the raw data so they report alongside every other error."""
+    problems = []
+    datasets = data.get("datasets") if isinstance(data.get("datasets"), dict) else {}
+    phases = data.get("phases") if isinstance(data.get("phases"), list) else []
+    for i, phase in enumerate(phases):
+        name = phase.get("dataset") if isinstance(phase, dict) else None
+        if isinstance(name, str) and datasets and name not in datasets:
+            problems.append((f"phases[{i}].dataset", f"no dataset '{name}'{did_you_mean(name, list(datasets))}"))
+    return problems
+
+
+def _top_refs(spec: Spec):
+    yield "teacher", spec.teacher
+    for name, ds in spec.datasets.items():
+        yield f"datasets.{name}.sampler", ds.sampler
+    yield "student", spec.student
+    for i, phase in enumerate(spec.phases):
+        for j, loss in enumerate(phase.losses):
+            yield f"phases[{i}].losses[{j}]", loss
+
+
+def _raw_component_tables(data: dict):
+    def table(value):
+        return isinstance(value, dict) and "name" in value
+
+    if table(data.get("teacher")):
+        yield "teacher", TeacherRef, data["teacher"]
+    if isinstance(data.get("datasets"), dict):
+        for name, ds in data["datasets"].items():
+            if isinstance(ds, dict) and table(ds.get("sampler")):
+                yield f"datasets.{name}.sampler", SamplerRef, ds["sampler"]
+    if table(data.get("student")):
+        yield "student", StudentRef, data["student"]
+    if isinstance(data.get("phases"), list):
+        for i, phase in enumerate(data["phases"]):
+            losses = phase.get("losses") if isinstance(phase, dict) else None
+            for j, loss in enumerate(losses if isinstance(losses, list) else []):
+                if table(loss):
+                    yield f"phases[{i}].losses[{j}]", LossTerm, loss
+
+
+def bind_component(registry, loc: str, ref: ComponentRef) -> list[tuple[str, str]]:
+    """Validate a component's parameters with its own model and attach them, nested refs included."""
+    try:
+        comp = registry.get(ref.kind, ref.name)
+    except KDError as e:
+        return [(f"{loc}.name", str(e))]
+    try:
+        ref._params = comp.params.model_validate(ref.raw_params())
+    except ValidationError as e:
+        return pydantic_problems(e, prefix=loc, model=comp.params)
+    problems = []
+    for field in type(ref._params).model_fields:
+        value = getattr(ref._params, field)
+        children = value if isinstance(value, list) else [value]
+        for i, child in enumerate(children):
+            if isinstance(child, ComponentRef):
+                sub = f"{loc}.{field}[{i}]" if isinstance(value, list) else f"{loc}.{field}"
+                problems.extend(bind_component(registry, sub, child))
+    return problems

@@ -1,0 +1,396 @@
+"""Student architectures: the 2023 families (CrossBaby_1/2, TransformerBaby) and a small Llama.
+
+Every student is `embed = Linear(vocab, d)` over float vocab rows followed by a body. The body is
+shared with the index-input model that `revert()` returns, so the two compute the same function:
+`RevertedStudent` replaces `embed` by `Embedding(vocab, d)` with weight `embed.weight.T + bias`,
+and uses `bias` (what `embed` gives a zero row) as the padding vector. `save_reverted` /
+`load_reverted` store that model as safetensors + config.json, rebuilt from the body classes alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from kdcore.components import BuildContext, Inputs
+from kdcore.errors import KDError, did_you_mean
+
+REVERTED_FORMAT_VERSION = 1
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+
+class StudentParams(BaseModel):
+    """Parameters every student accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int | None = Field(None, gt=0, description="if set, must equal the teacher's vocabulary")
+
+
+class CrossBabyParams(StudentParams):
+    """CrossBaby_1: width of the ReLU word embedding."""
+
+    word_embed: int = Field(50, gt=0, description="width w of the word embedding")
+
+
+class CrossBaby2Params(StudentParams):
+    """CrossBaby_2: word embedding width and the hidden width before the output layer."""
+
+    word_embed: int = Field(50, gt=0, description="width w of the word embedding")
+    up_dim: int = Field(500, gt=0, description="width of the layer before the vocab logits")
+
+
+class TransformerBabyParams(StudentParams):
+    """TransformerBaby: a small post-norm nn.TransformerEncoder over all S positions."""
+
+    d_model: int = Field(64, gt=0)
+    nhead: int = Field(2, gt=0)
+    num_layers: int = Field(2, gt=0)
+    dim_feedforward: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.d_model % self.nhead:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+        return self
+
+
+class LlamaParams(StudentParams):
+    """A small causal Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention)."""
+
+    hidden_size: int = Field(128, gt=0)
+    layers: int = Field(2, gt=0)
+    heads: int = Field(4, gt=0)
+    kv_heads: int | None = Field(None, gt=0, description="default: heads (no grouped-query attention)")
+    intermediate_size: int | None = Field(
+        None, gt=0, description="default: 8/3 * hidden_size rounded up to a multiple of 64"
+    )
+    rope_theta: float = Field(10000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_fit(self):
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
+        if self.heads % (self.kv_heads or self.heads):
+            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        return self
+
+
+# --- bodies: everything after the first layer -----------------------------------------------------
+
+
+class StudentBody(nn.Module):
+    """Maps embedded rows (B, S, width) and the validity mask (B, S) to logits.
+
+    Class attributes: `name` (as registered), `Params`, `positions` (the target positions it can
+    learn from) and `fixed_length` (it flattens all max_seq_len positions, so shorter input is padded).
+    """
+
+    name: str
+    Params: type[StudentParams]
+    positions: tuple[str, ...] = ("last",)
+    fixed_length: bool = True
+
+    def __init__(self, vocab_size: int, max_seq_len: int, width: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.max_seq_len = max_seq_len
+        self.width = width
+
+
+def interaction_rows(e: torch.Tensor, s: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """`linear(p.reshape(B, S, S*w))` for p = einsum('bij,bkm->bikj', e, e), without building p.
+
+    With s = e.sum(-1), p[b,i,k,j] = e[b,i,j] * s[b,k], so each row's dot product factors into
+    (B, w, w) work: O(S*w^2) per sample instead of the original's O(S^2*w^2) time and S^2*w memory.
+    """
+    w_out = linear.out_features
+    weight = linear.weight.view(w_out, s.shape[1], e.shape[2])  # [o, k, j]
+    per_sample = torch.einsum("okj,bk->bjo", weight, s)
+    return e @ per_sample + linear.bias
+
+
+class CrossBabyBody(StudentBody):
+    name = "crossbaby"
+    Params = CrossBabyParams
+
+    def __init__(self, params: CrossBabyParams, vocab_size: int, max_seq_len: int):
+        w, S = params.word_embed, max_seq_len
+        super().__init__(vocab_size, max_seq_len, w)
+        self.cross = nn.Linear(S * w, w)
+        self.mix = nn.Linear(S * w, w)
+        self.out = nn.Linear(w, vocab_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
+        e = torch.relu(x)
+        h = torch.relu(interaction_rows(e, e.sum(-1), self.cross))
+        return self.out(torch.relu(self.mix(h.flatten(1))))
+
+
+class CrossBaby2Body(StudentBody):
+    name = "crossbaby2"
+    Params = CrossBaby2Params
+
+    def __init__(self, params: CrossBaby2Params, vocab_size: int, max_seq_len: int):
+        w, S = params.word_embed, max_seq_len
+        super().__init__(vocab_size, max_seq_len, w)
+        self.rows_i, self.flat_i = nn.Linear(S * w, w), nn.Linear(S * w, w)
+        self.rows_k, self.flat_k = nn.Linear(S * w, w), nn.Linear(S * w, w)
+        self.rows_j, self.flat_j = nn.Linear(S * S, w), nn.Linear(w * w, w)
+        self.up = nn.Linear(3 * w, params.up_dim)
+        self.out = nn.Linear(params.up_dim, vocab_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
+        e = torch.relu(x)
+        s = e.sum(-1)  # p[b,i,k,j] = e[b,i,j] * s[b,k]; each reading below factors through it
+        # rows i: p as (B, S_i, S_k*w)
+        h_i = torch.relu(interaction_rows(e, s, self.rows_i))
+        # rows k: p as (B, S_k, S_i*w); row k is s[b,k] times the flattened e
+        row_k = F.linear(e.flatten(1), self.rows_k.weight)
+        h_k = torch.relu(s[:, :, None] * row_k[:, None, :] + self.rows_k.bias)
+        # rows j: p as (B, w_j, S_i*S_k)
+        weight_j = self.rows_j.weight.view(-1, self.max_seq_len, self.max_seq_len)  # [o, i, k]
+        per_sample = torch.einsum("oik,bk->bio", weight_j, s)
+        h_j = torch.relu(torch.einsum("bij,bio->bjo", e, per_sample) + self.rows_j.bias)
+        readings = ((self.flat_i, h_i), (self.flat_k, h_k), (self.flat_j, h_j))
+        reduced = [torch.relu(flat(h.flatten(1))) for flat, h in readings]
+        return self.out(torch.relu(self.up(torch.cat(reduced, -1))))
+
+
+def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
+    """The fixed (length, width) table of "Attention is all you need": sin on even, cos on odd dims."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    dim = torch.arange(width)
+    angle = position / 10000.0 ** ((dim - dim % 2) / width)
+    return torch.where(dim % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+
+
+class TransformerBabyBody(StudentBody):
+    name = "transformer-baby"
+    Params = TransformerBabyParams
+
+    def __init__(self, params: TransformerBabyParams, vocab_size: int, max_seq_len: int):
+        d = params.d_model
+        super().__init__(vocab_size, max_seq_len, d)
+        layer = nn.TransformerEncoderLayer(
+            d, params.nhead, params.dim_feedforward, params.dropout, batch_first=True
+        )
+        # nested tensors would drop padded rows only in eval mode; keep train and eval the same
+        self.encoder = nn.TransformerEncoder(layer, params.num_layers, enable_nested_tensor=False)
+        self.register_buffer("position_table", sinusoidal_positions(max_seq_len, d), persistent=False)
+        self.out = nn.Linear(max_seq_len * d, vocab_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
+        h = x * math.sqrt(self.width) + self.position_table
+        h = self.encoder(h, src_key_padding_mask=~mask)
+        # padded rows carry no information; zero them so only valid positions reach the flatten
+        return self.out((h * mask[..., None]).flatten(1))
+
+
+class LlamaBody(StudentBody):
+    name = "llama"
+    Params = LlamaParams
+    positions = ("last", "all")
+    fixed_length = False
+
+    def __init__(self, params: LlamaParams, vocab_size: int, max_seq_len: int):
+        from transformers import LlamaConfig, LlamaModel
+
+        h = params.hidden_size
+        super().__init__(vocab_size, max_seq_len, h)
+        config = LlamaConfig(
+            vocab_size=1,  # tokens come in through the student's own `embed`
+            hidden_size=h,
+            intermediate_size=params.intermediate_size or 64 * math.ceil(8 * h / 3 / 64),
+            num_hidden_layers=params.layers,
+            num_attention_heads=params.heads,
+            num_key_value_heads=params.kv_heads or params.heads,
+            max_position_embeddings=max_seq_len,
+            rope_theta=params.rope_theta,
+            bos_token_id=None,
+            eos_token_id=None,
+            use_cache=False,
+            attn_implementation="sdpa",
+        )
+        self.model = LlamaModel(config)
+        # LlamaModel always builds a token table; ours is unused, and DDP rejects trainable unused params
+        self.model.embed_tokens.requires_grad_(False)
+        self.lm_head = nn.Linear(h, vocab_size, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
+        h = self.model(inputs_embeds=x, attention_mask=mask.long(), use_cache=False).last_hidden_state
+        if positions == "last":
+            h = h[torch.arange(h.shape[0], device=h.device), mask.sum(1) - 1]
+        return self.lm_head(h)
+
+
+BODIES: dict[str, type[StudentBody]] = {
+    body.name: body for body in (CrossBabyBody, CrossBaby2Body, TransformerBabyBody, LlamaBody)
+}
+
+
+def run_body(
+    body: StudentBody, x: torch.Tensor, mask: torch.Tensor, pad: torch.Tensor, positions: str
+) -> torch.Tensor:
+    """The body's logits for embedded rows x (B, S, d), with every padding position set to `pad`."""
+    if positions not in body.positions:
+        raise ValueError(f"student '{body.name}' predicts positions {body.positions}, not '{positions}'")
+    missing = body.max_seq_len - x.shape[1]
+    if missing < 0:
+        raise ValueError(f"student '{body.name}' takes at most {body.max_seq_len} positions, got {x.shape[1]}")
+    if body.fixed_length and missing:
+        x = F.pad(x, (0, 0, 0, missing))
+        mask = F.pad(mask, (0, missing), value=False)
+    return body(torch.where(mask[..., None], x, pad), mask, positions)
+
+
+# --- the float-input students and their reverted (index-input) form -------------------------------
+
+
+class FloatInputStudent(nn.Module):
+    """A student whose first layer, `embed = Linear(vocab, d)`, reads float vocab rows."""
+
+    body_class: type[StudentBody]
+
+    def __init__(self, params: StudentParams, ctx: BuildContext):
+        super().__init__()
+        if params.vocab_size is not None and params.vocab_size != ctx.vocab_size:
+            raise KDError(
+                f"student.vocab_size: {params.vocab_size} does not match the teacher's vocabulary ({ctx.vocab_size})"
+            )
+        self.params = params
+        body = self.body_class(params, ctx.vocab_size, ctx.max_seq_len)
+        self.embed = nn.Linear(ctx.vocab_size, body.width)  # the original's `word_embedding`
+        self.body = body
+
+    @property
+    def positions(self) -> tuple[str, ...]:
+        return self.body.positions
+
+    def forward(self, inputs: Inputs, positions: str = "last") -> torch.Tensor:
+        """Logits (B, V) at each sample's last valid position, or (B, S, V) for positions="all"."""
+        if inputs.ids is not None:
+            # equals embed(one_hot(ids)) without materialising the (B, S, V) rows
+            x = F.embedding(inputs.ids, self.embed.weight.T) + self.embed.bias
+        else:
+            x = self.embed(inputs.soft.to(self.embed.weight.dtype))
+        return run_body(self.body, x, inputs.mask(), self.embed.bias, positions)
+
+    def revert(self) -> "RevertedStudent":
+        """The same model on token ids: `embed` folded into an Embedding, its bias kept."""
+        weight, bias = self.embed.weight, self.embed.bias
+        reverted = RevertedStudent(self.params, copy.deepcopy(self.body)).to(weight.device, weight.dtype)
+        with torch.no_grad():
+            reverted.embedding.weight.copy_(weight.T + bias)
+            reverted.pad.copy_(bias)
+        return reverted.train(self.training)
+
+
+class CrossBaby(FloatInputStudent):
+    """CrossBaby_1 (2023): pairwise products of ReLU embeddings, two Linear+ReLU, fixed length."""
+
+    body_class = CrossBabyBody
+
+
+class CrossBaby2(FloatInputStudent):
+    """CrossBaby_2 (2023): CrossBaby's interaction read along three axes, fixed length.
+
+    p[b,i,k,j] (S, S, w) is read as rows i (S x S*w), rows k (S x S*w) and rows j (w x S*S). Each
+    reading is reduced by Linear(row, w)+ReLU per row, then flattened and Linear(rows*w, w)+ReLU;
+    the three w-vectors are concatenated, then Linear(3w, up_dim)+ReLU and Linear(up_dim, vocab).
+    """
+
+    body_class = CrossBaby2Body
+
+
+class TransformerBaby(FloatInputStudent):
+    """TransformerBaby (2023): scaled linear embedding, sinusoidal positions, encoder, flatten.
+
+    As in the original, the output layer is Linear(S*d_model, vocab): about 1.05B parameters at
+    S=512, vocab=32000, d_model=64, far more than the encoder.
+    """
+
+    body_class = TransformerBabyBody
+
+
+class LlamaStudent(FloatInputStudent):
+    """A small causal Llama on float rows; learns from the last or from all positions."""
+
+    body_class = LlamaBody
+
+
+class RevertedStudent(nn.Module):
+    """A student that reads token ids: the float student's `embed` folded into an Embedding."""
+
+    def __init__(self, params: StudentParams, body: StudentBody):
+        super().__init__()
+        self.params = params
+        self.embedding = nn.Embedding(body.vocab_size, body.width)
+        self.register_buffer("pad", torch.zeros(body.width))  # embed's output on a zero (padding) row
+        self.body = body
+
+    @property
+    def positions(self) -> tuple[str, ...]:
+        return self.body.positions
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, positions: str = "last") -> torch.Tensor:
+        """Logits for ids (B, S) int64: (B, V) at position lengths-1, or (B, S, V) for "all"."""
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        return run_body(self.body, self.embedding(ids), mask, self.pad, positions)
+
+
+def save_reverted(model: RevertedStudent, directory: str | Path) -> None:
+    """Write `model.safetensors` and a `config.json` that `load_reverted` needs nothing else to read."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / "model.safetensors"))
+    config = {
+        "format_version": REVERTED_FORMAT_VERSION,
+        "student": model.body.name,
+        "params": model.params.model_dump(),
+        "vocab_size": model.body.vocab_size,
+        "max_seq_len": model.body.max_seq_len,
+        "dtype": str(model.embedding.weight.dtype).removeprefix("torch."),
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_reverted(directory: str | Path, device: str | torch.device = "cpu") -> RevertedStudent:
+    """Rebuild a reverted student saved by `save_reverted`."""
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    config_file, weights_file = directory / "config.json", directory / "model.safetensors"
+    if not (config_file.exists() and weights_file.exists()):
+        raise KDError(f"{directory}: no reverted student (needs config.json and model.safetensors)")
+    config = json.loads(config_file.read_text())
+    if config.get("format_version") != REVERTED_FORMAT_VERSION:
+        raise KDError(
+            f"{config_file}: format_version {config.get('format_version')}, expected {REVERTED_FORMAT_VERSION}"
+        )
+    name = config["student"]
+    if name not in BODIES:
+        raise KDError(f"{config_file}: unknown student '{name}'{did_you_mean(name, list(BODIES))}")
+    body_class = BODIES[name]
+    params = body_class.Params.model_validate(config["params"])
+    body = body_class(params, config["vocab_size"], config["max_seq_len"])
+    model = RevertedStudent(params, body).to(device, getattr(torch, config["dtype"]))
+    load_model(model, str(weights_file), device=str(device))
+    return model.eval()
+
+
+def register_all(register) -> None:
+    for student in (CrossBaby, CrossBaby2, TransformerBaby, LlamaStudent):
+        register(student.body_class.name, student, student.body_class.Params)

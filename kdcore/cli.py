@@ -11,9 +11,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from kdcore.errors import KDError
+from kdcore.errors import KDError, SpecError, did_you_mean
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LlamaKD: data-free knowledge distillation of language models.")
@@ -27,7 +28,8 @@ def main() -> None:
     try:
         app()
     except KDError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        # the message quotes the user's keys and values: print them as they are, never as markup
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
         raise SystemExit(1) from None
 
 
@@ -40,47 +42,61 @@ def _spec(path: Path):
 @app.command()
 def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json", help="print JSON")):
     """Validate a spec; print it resolved (defaults filled in) and the student's parameter count."""
+    s = _spec(spec)  # before the heavy imports below: most mistakes are reported at once
+
     from kdcore.build import Builder
     from kdcore.train import count_parameters
 
-    s = _spec(spec)
     builder = Builder(s)
+    builder.teacher  # every check below needs the teacher's vocabulary and positions
+    problems: list[tuple[str, str]] = []
+
+    def check(build):  # collect the problems of every component, to report them all at once
+        try:
+            return build()
+        except SpecError as e:
+            problems.extend(e.problems)
+
     first = s.datasets[s.phases[0].dataset]
-    student = builder.student(first.max_seq_len)
+    student = check(lambda: builder.student(first.max_seq_len))
     for name in s.datasets:
-        builder.check_dataset(name)
+        check(lambda: builder.sampler(name))
     for i in range(len(s.phases)):
-        builder.losses(i)
+        check(lambda: builder.losses(i))
+    if problems:
+        raise SpecError(s.source, list(dict.fromkeys(problems)))
     info = {"spec": s.resolved(), "teacher_vocab": builder.teacher.vocab_size,
             "student_parameters": count_parameters(student)}
     if json_out:
         out.print_json(json.dumps(info))
         return
     out.print_json(json.dumps(info["spec"]))
-    out.print(f"[green]{spec}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
+    out.print(f"[green]{escape(str(spec))}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
               f"student '{s.student.name}' has {info['student_parameters']:,} parameters")
 
 
 @app.command()
 def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teacher, sampler, student, loss")):
     """List every component: its kind, name, where it comes from and its parameters."""
-    from kdcore.registry import KINDS, load_registry
+    from kdcore.registry import KINDS, kind_plural, load_registry
 
+    if kind is not None and kind not in KINDS:
+        raise KDError(f"unknown kind '{kind}'{did_you_mean(kind, list(KINDS))}")
     registry = load_registry()
     for k in KINDS:
         if kind and k != kind:
             continue
-        table = Table(title=f"{k}s", show_lines=False)
+        table = Table(title=kind_plural(k), show_lines=False)
         for col in ("name", "from", "parameters (default)", "description"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # a narrow terminal folds names instead of cutting them
         for name in registry.names(k):
             comp = registry.get(k, name)
             params = ", ".join(
                 f"{f}={'required' if info.is_required() else repr(info.default)}"
                 for f, info in comp.params.model_fields.items()
-                if f not in ("dtype", "device")
             )
-            table.add_row(name, comp.source, params, (comp.params.__doc__ or "").strip().split("\n")[0])
+            doc = (comp.params.__doc__ or "").strip().split("\n")[0]
+            table.add_row(*map(escape, (name, comp.source, params, doc)))  # docs say "[low, high]": not markup
         out.print(table)
 
 

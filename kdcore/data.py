@@ -37,9 +37,22 @@ def epoch_plan(num_samples: int, block_rows: int, batch_size: int, shuffle_chunk
 
 @dataclass
 class Batch:
+    """This rank's rows of one global batch.
+
+    `weight` is what this rank's loss (a mean over its own rows, or valid positions) is multiplied by
+    so that DDP's gradient average equals the gradient of the mean over the whole global batch:
+    world * (this rank's count) / (global count). It is exactly 1.0 in a single process, and 0 for a
+    rank that got no rows (it computes on one borrowed row so it still joins the all-reduce).
+    """
+
     inputs: Inputs
     targets: Targets
     rows: np.ndarray
+    weight: float = 1.0
+    global_size: int = 0  # rows in the global batch
+
+    def to(self, device) -> "Batch":
+        return Batch(self.inputs.to(device), self.targets.to(device), self.rows, self.weight, self.global_size)
 
 
 class StoreBatches(torch.utils.data.Dataset):
@@ -61,25 +74,46 @@ class StoreBatches(torch.utils.data.Dataset):
             self._store = Store.open(self.path)
         return self._store
 
-    def _block(self, b: int, names: list[str]) -> dict:
+    def _block(self, b: int) -> dict:
+        """Every array but `seed`/`committed` of block b, read whole (one chunk each) and cached."""
         if b not in self._cache:
+            names = [n for n in self.store.layout.arrays() if n not in ("committed", "seed")]
             self._cache[b] = self.store.read_block(b, names)
             while len(self._cache) > self.cache_blocks:
                 self._cache.popitem(last=False)
         return self._cache[b]
 
-    def __getitem__(self, k: int) -> Batch:
-        rows = np.sort(self.plan[k][self.rank :: self.world])
-        layout = self.store.layout
-        names = [n for n in layout.arrays() if n not in ("committed", "seed")]
-        blocks = rows // layout.block_rows
-        parts = {n: [] for n in names}
+    def _gather(self, rows: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Arrays at sorted global `rows`, in that order, read through the block cache."""
+        block_rows = self.store.layout.block_rows
+        blocks = rows // block_rows
+        parts: dict[str, list] = {}
         for b in np.unique(blocks):
-            data = self._block(int(b), names)
-            local = rows[blocks == b] - b * layout.block_rows
-            for n in names:
-                parts[n].append(data[n][local])
-        arr = {n: np.concatenate(v) for n, v in parts.items()}
+            data = self._block(int(b))
+            local = rows[blocks == b] - b * block_rows
+            for n in names or data:
+                parts.setdefault(n, []).append(data[n][local])
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    def _weight(self, batch_rows: np.ndarray, rows: np.ndarray, lengths: np.ndarray) -> float:
+        if self.world == 1:
+            return 1.0
+        if self.store.layout.positions == "all":  # losses average over valid positions
+            local = int(lengths.sum())
+            total = int(self._gather(np.sort(batch_rows), ["length"])["length"].sum())
+        else:  # losses average over rows
+            local, total = len(rows), len(batch_rows)
+        return self.world * local / total
+
+    def __getitem__(self, k: int) -> Batch:
+        batch_rows = self.plan[k]
+        rows = np.sort(batch_rows[self.rank :: self.world])
+        empty = len(rows) == 0
+        if empty:  # fewer rows than ranks: borrow one, weighted 0
+            rows = np.sort(batch_rows)[:1]
+        layout = self.store.layout
+        arr = self._gather(rows)
+        weight = 0.0 if empty else self._weight(batch_rows, rows, arr["length"])
         lengths = torch.from_numpy(arr["length"].astype(np.int64))
         if "ids" in arr:
             inputs = Inputs(lengths, ids=torch.from_numpy(arr["ids"].astype(np.int64)))
@@ -99,7 +133,7 @@ class StoreBatches(torch.utils.data.Dataset):
                               logsumexp=torch.from_numpy(arr["logsumexp"]))
         if layout.positions == "all" and self.seq_len > layout.max_seq_len:
             targets = _pad_positions(targets, self.seq_len)
-        return Batch(inputs, targets, rows)
+        return Batch(inputs, targets, rows, weight, len(batch_rows))
 
 
 def pad_to(inputs: Inputs, seq_len: int) -> Inputs:
@@ -123,6 +157,9 @@ def _pad_positions(t: Targets, seq_len: int) -> Targets:
     return Targets(pad(t.logits, 1), pad(t.values, 1), pad(t.indices, 1), pad(t.logsumexp, 0))
 
 
-def loader(dataset: StoreBatches, workers: int = 0):
+def loader(dataset, workers: int = 0):
+    """Batches in order. The DataLoader gets its own generator: by default each new iterator draws
+    its base seed from torch's global RNG, which would make a resumed run's RNG stream (dropout,
+    the sld-cosine shuffle) differ from an uninterrupted one's."""
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       persistent_workers=False)
+                                       persistent_workers=False, generator=torch.Generator().manual_seed(0))

@@ -29,5 +29,5 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     import difflib
 
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    hint = f" — did you mean '{close[0]}'?" if close else ""
+    hint = f" — did you mean '{close[0]}'?" if close else ";"
     return f"{hint} available: {', '.join(sorted(choices)) or '(none)'}"

@@ -23,18 +23,28 @@ def plot_training(metrics: Path, out: Path) -> Path | None:
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     steps = [r["step"] for r in records]
-    for key in [k for k in records[0] if k.startswith("loss_")] or ["loss"]:
-        axes[0].plot(steps, [r.get(key) for r in records], label=key.removeprefix("loss_"), lw=1)
-    axes[0].set_yscale("log")
+    nan = float("nan")
+
+    def series(key):  # phases can log different loss terms: a missing value is a gap
+        v = [r.get(key) for r in records]
+        return [nan if x is None else x for x in v]
+
+    # every term any phase logged, in first-seen order
+    terms = list(dict.fromkeys(k for r in records for k in r if k.startswith("loss_"))) or ["loss"]
+    for key in terms:
+        axes[0].plot(steps, series(key), label=key.removeprefix("loss_"), lw=1)
+    if all(x > 0 for k in terms for x in series(k) if x == x):
+        axes[0].set_yscale("log")
     axes[0].set_title("loss terms")
     axes[0].legend(fontsize=7)
-    axes[1].plot(steps, [r["lr"] for r in records], lw=1)
+    axes[1].plot(steps, series("lr"), lw=1)
+    axes[1].set_yscale("log")
     axes[1].set_title("learning rate")
-    axes[2].plot(steps, [r["distinct_pred"] for r in records], label="student", lw=1)
-    axes[2].plot(steps, [r["distinct_teacher"] for r in records], label="teacher", lw=1)
+    axes[2].plot(steps, series("distinct_pred"), label="student", lw=1)
+    axes[2].plot(steps, series("distinct_teacher"), label="teacher", lw=1)
     axes[2].set_title("distinct argmax per batch (collapse signal)")
     axes[2].legend(fontsize=7)
-    phases = [r["step"] for a, r in zip(records, records[1:]) if r["phase"] != a["phase"]]
+    phases = [r["step"] for a, r in zip(records, records[1:]) if r.get("phase") != a.get("phase")]
     for ax in axes:
         ax.set_xlabel("step")
         for s in phases:

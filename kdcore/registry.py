@@ -14,7 +14,7 @@ import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pluggy
 from pydantic import BaseModel
@@ -68,7 +68,7 @@ class Registry:
     def collect(self) -> None:
         for kind in KINDS:
             caller = getattr(self.pm.hook, f"kd_register_{kind_plural(kind)}")
-            for impl in reversed(caller.get_hookimpls()):  # registration order
+            for impl in caller.get_hookimpls():  # registration order: a duplicate blames the newcomer
                 impl.function(register=self._register_fn(kind, impl.plugin_name))
 
     def get(self, kind: str, name: str) -> Component:
@@ -103,30 +103,59 @@ def import_plugin_module(path: str, base_dir: Path | None = None):
         spec = importlib.util.spec_from_file_location(name, file)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except (ImportError, SyntaxError) as e:
+            del sys.modules[name]
+            raise KDError(f"cannot import plugin file {file}: {_import_problem(e)}") from None
         return module
     if base_dir is not None and str(base_dir) not in sys.path:
         # a module dropped next to the spec is importable by its name
         sys.path.insert(0, str(base_dir))
     try:
         return importlib.import_module(path)
-    except ImportError as e:
-        raise KDError(f"cannot import plugin module '{path}': {e}") from None
+    except (ImportError, SyntaxError) as e:
+        raise KDError(f"cannot import plugin module '{path}': {_import_problem(e)}") from None
 
 
-def load_registry(extra_modules: list[str] = (), base_dir: Path | None = None) -> Registry:
+def _import_problem(e: Exception) -> str:
+    if isinstance(e, SyntaxError):
+        return f"{e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
+    return str(e)
+
+
+def load_registry(
+    extra_modules: Sequence[str] = (), base_dir: Path | None = None, extra_plugins: Sequence[object] = ()
+) -> Registry:
+    """Built-ins, then `kd` entry points, then the spec's plugin modules, then `extra_plugins`
+    (objects with `@hookimpl` methods: inline plugins in tests, or an embedding application)."""
     pm = make_plugin_manager()
     pm.register(importlib.import_module(BUILTIN_MODULE), name=BUILTIN_MODULE)
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-    for path in extra_modules:
-        module = import_plugin_module(path, base_dir)
-        if pm.is_registered(module):
-            continue
-        pm.register(module, name=path)
     try:
+        for path in extra_modules:
+            module = import_plugin_module(path, base_dir)
+            if not pm.is_registered(module):
+                pm.register(module, name=path)
+        for plugin in extra_plugins:
+            pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        raise KDError(f"plugin {e.plugin!r}: {e}") from None
+        raise KDError(_hook_problem(pm, e)) from None
     registry = Registry(pm)
     registry.collect()
     return registry
+
+
+def _hook_problem(pm: pluggy.PluginManager, e: pluggy.PluginValidationError) -> str:
+    """pluggy's message, with the plugin's name and, for a misspelled hook, the closest real one."""
+    hooks = [h for h in vars(hookspecs) if h.startswith("kd_")]
+    unknown = [
+        h for h, caller in vars(pm.hook).items()
+        if isinstance(caller, pluggy.HookCaller) and not caller.has_spec()
+        and any(i.plugin is e.plugin and not i.optionalhook for i in caller.get_hookimpls())
+    ]
+    if unknown:
+        name = pm.get_name(e.plugin)
+        return f"plugin '{name}': unknown hook '{unknown[0]}'{did_you_mean(unknown[0], hooks)}"
+    return str(e).replace("\n", "; ")  # a hookimpl whose arguments do not match its hookspec

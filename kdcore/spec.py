@@ -292,6 +292,10 @@ def read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(str(path), [("", f"TOML syntax error: {e}")]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), [("", f"not UTF-8 text: {e.reason} at byte {e.start}")]) from None
+    except OSError as e:
+        raise KDError(f"{path}: cannot read the spec: {e.strerror}") from None
 
 
 def load_spec(path: str | Path, registry=None) -> Spec:

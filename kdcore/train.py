@@ -1,8 +1,20 @@
 """Training: the student learns the teacher's stored logits, phase after phase.
 
 State lives in `runs/<experiment>/checkpoints/last.pt` (model, optimizer, scheduler, RNG states,
-phase/epoch/step), written atomically every `checkpoint_every` steps and at each phase end; `kd train`
-resumes from it exactly. The finished student is saved as safetensors, float-input and reverted.
+phase/epoch/step and the running epoch totals), written atomically every `checkpoint_every` steps and
+at each phase end; `kd train` resumes from it exactly: the batch order is a pure function of
+(seed, epoch), so the step within the epoch is the data position. Each phase starts from the
+previous phase's weights with a fresh optimizer and scheduler, and reseeds torch's RNG with its
+`seed` (`init = "kaiming"` re-initialises the Linear layers when its phase starts). The finished
+student is saved as safetensors, float-input and reverted.
+
+Under torchrun every rank trains on rows r::W of each global batch (DDP averages the gradients);
+only rank 0 writes files. The `lr` logged for a step is the one that step used; `loss` and the
+distinct-class counts are rank 0's; `samples_per_s` counts whole global batches.
+
+Testing aids (environment): KD_STEP_DELAY=seconds sleeps after every step (so a test can kill a run
+mid-phase); KD_SAVE_RANK_WEIGHTS=1 makes every rank save its final weights as
+student/rank<r>.safetensors.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +33,7 @@ import torch
 
 from kdcore import dist
 from kdcore.build import Builder
-from kdcore.data import StoreBatches, epoch_plan, loader
+from kdcore.data import Batch, StoreBatches, epoch_plan, loader
 from kdcore.errors import KDError
 from kdcore.metrics import MetricsLog, read_metrics
 from kdcore.progress import bar
@@ -71,14 +84,36 @@ def kaiming_init(model: torch.nn.Module) -> None:
                 torch.nn.init.zeros_(m.bias)
 
 
+def training_device() -> torch.device:
+    """KD_DEVICE if set, else this rank's GPU, else the CPU."""
+    if os.environ.get("KD_DEVICE"):
+        return torch.device(os.environ["KD_DEVICE"])
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every global RNG, as types `torch.load(weights_only=True)` accepts (no numpy arrays)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -87,10 +122,58 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a kill mid-write never leaves a broken checkpoint
 
 
+@dataclass
+class EpochStats:
+    """Running totals of the current epoch. Checkpointed, so a resumed epoch reports (and the plateau
+    scheduler sees) the same mean loss as an uninterrupted one."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    pred: set = field(default_factory=set)
+    teacher: set = field(default_factory=set)
+
+    def add(self, loss: float, pred: list[int], teacher: list[int]) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.pred.update(pred)
+        self.teacher.update(teacher)
+
+    def state(self) -> dict:
+        return {"loss_sum": self.loss_sum, "steps": self.steps, "pred": sorted(self.pred), "teacher": sorted(self.teacher)}
+
+    @classmethod
+    def from_state(cls, s: dict | None) -> "EpochStats":
+        s = s or {}
+        return cls(s.get("loss_sum", 0.0), s.get("steps", 0), set(s.get("pred", [])), set(s.get("teacher", [])))
+
+
+def phase_start(p: int, global_step: int) -> dict:
+    return {"phase": p, "epoch": 0, "step_in_epoch": 0, "phase_step": 0, "global_step": global_step}
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """True if `flag` is true on any rank (every rank gets the same answer)."""
+    if not dist.active():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _mean_over_ranks(value: float, device) -> float:
+    if not dist.active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.item() / dist.world()
+
+
 class Trainer:
     def __init__(self, spec: Spec, builder: Builder | None = None, progress: bool = True):
+        dist.init()  # before anything asks which rank this is
         self.spec, self.builder = spec, builder or Builder(spec)
         self.progress = progress
+        self.device = training_device()
         self.run_dir = spec.run_path
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.seq_len = student_seq_len(spec)
@@ -113,13 +196,16 @@ class Trainer:
             torch.manual_seed(self.spec.phases[0].seed)
             return self.builder.student(self.seq_len)
 
-    def _load_checkpoint(self, restart: bool):
-        path = self.ckpt_dir / "last.pt"
-        if restart:
+    def _clear(self) -> None:
+        """--restart: forget checkpoints, training metrics and the trained student."""
+        if dist.is_main():
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            self._truncate_metrics(0)
             self.done_file.unlink(missing_ok=True)
-            return None
+        dist.barrier()
+
+    def _load_checkpoint(self):
+        path = self.ckpt_dir / "last.pt"
         if not path.exists():
             if self.done_file.exists():
                 raise KDError(
@@ -133,68 +219,81 @@ class Trainer:
             raise KDError(f"{path}: unreadable checkpoint ({type(e).__name__}); pass --restart") from None
         if ckpt.get("identity_hash") != self.identity_hash:
             raise KDError(
-                f"{path} was saved by a different training spec ({self.spec.source} changed student or "
-                f"phases since); pass --restart to train from scratch, or use a new experiment name"
+                f"{path} was saved by a different training spec ({self.spec.source} changed student, "
+                f"phases or datasets since); pass --restart to train from scratch, or use a new experiment name"
             )
         return ckpt
 
+    def _open_store(self, dataset: str) -> Store:
+        path = self.spec.store_path(dataset)
+        try:
+            store = Store.open(path)
+        except KDError as e:
+            raise KDError(f"{e}\n(run `kd generate {self.spec.source}` first)") from None
+        if not store.complete:
+            raise KDError(f"{store.path} is incomplete; run `kd generate {self.spec.source}` first")
+        if store.attrs.get("identity_hash") != spec_hash(self.spec.dataset_identity(dataset)):
+            raise KDError(f"{store.path} was generated from a different datasets.{dataset} or teacher than "
+                          f"{self.spec.source} has now; run `kd generate --overwrite {self.spec.source}`")
+        return store
+
     # --- the loop ---
     def train(self, restart: bool = False) -> torch.nn.Module:
-        dist.init()
         if not restart and self.is_complete():
             return self.load_trained()
-        ckpt = self._load_checkpoint(restart)
-        student = self.build_student()
-        state = {"phase": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "phase_step": 0}
-        optim_state = sched_state = None
+        if restart:
+            self._clear()
+        ckpt = self._load_checkpoint()
+        dist.barrier()  # every rank has read the checkpoint before rank 0 may write a new one
+        student = self.build_student().to(self.device)
+        state = phase_start(0, 0)
         if ckpt is not None:
             student.load_state_dict(ckpt["model"])
             state = ckpt["state"]
-            optim_state, sched_state = ckpt["optimizer"], ckpt["scheduler"]
-            self._truncate_metrics(state["global_step"])
-        elif dist.is_main():
+        if dist.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "spec.json").write_text(json.dumps(self.spec.resolved(), indent=2))
+            self._truncate_metrics(state["global_step"])  # records past the checkpoint are redone
+            if ckpt is None:
+                (self.run_dir / "spec.json").write_text(json.dumps(self.spec.resolved(), indent=2))
         model = student
         if dist.world() > 1:
-            model = torch.nn.parallel.DistributedDataParallel(student)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
 
         for p in range(state["phase"], len(self.spec.phases)):
-            if p != state["phase"]:
-                state = {"phase": p, "epoch": 0, "step_in_epoch": 0, "global_step": state["global_step"], "phase_step": 0}
-                optim_state = sched_state = None
-                rng = None
-            else:
-                rng = ckpt["rng"] if ckpt is not None else None
-            self._phase(p, student, model, state, optim_state, sched_state, rng)
-            ckpt = None
+            if p > state["phase"]:
+                state, ckpt = phase_start(p, state["global_step"]), None
+            self._phase(p, student, model, state, ckpt)
         return self._finish(student)
 
-    def _phase(self, p, student, model, state, optim_state, sched_state, rng):
+    def _phase(self, p: int, student, model, state: dict, ckpt: dict | None) -> None:
+        """Train phase p from `state`: its start (ckpt None) or the checkpoint's position in it."""
         phase = self.spec.phases[p]
         ds = self.spec.datasets[phase.dataset]
-        store = Store.open(self.spec.store_path(phase.dataset))
-        if not store.complete:
-            raise KDError(f"{store.path} is incomplete; run `kd generate {self.spec.source}` first")
+        store = self._open_store(phase.dataset)
         N = store.layout.num_samples
-        per_epoch = -(-N // phase.batch_size)
-        total = per_epoch * phase.epochs if phase.max_steps is None else min(per_epoch * phase.epochs, phase.max_steps)
+        total = -(-N // phase.batch_size) * phase.epochs
+        if phase.max_steps is not None:
+            total = min(total, phase.max_steps)
         losses = self.builder.losses(p)
         optimizer = make_optimizer(phase, student.parameters())
         scheduler = make_scheduler(phase, optimizer, total)
-        if optim_state is None:
+        if ckpt is None:
             torch.manual_seed(phase.seed)
             if phase.init == "kaiming":
                 kaiming_init(student)
+            stats = EpochStats()
         else:
-            optimizer.load_state_dict(optim_state)
-            scheduler.load_state_dict(sched_state)
-        if rng is not None:
-            set_rng_state(rng)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            stats = EpochStats()
 
-        make_sampler = (lambda: self.builder.sampler(phase.dataset)) if store.layout.produces == "soft" and store.layout.inputs == "seed" else None
+        soft_seed = store.layout.produces == "soft" and store.layout.inputs == "seed"
+        make_sampler = (lambda: self.builder.sampler(phase.dataset)) if soft_seed else None
         positions = ds.positions
         label = phase.name or f"phase {p} ({phase.dataset})"
+        delay = float(os.environ.get("KD_STEP_DELAY", "0"))
         t0, seen = time.perf_counter(), 0
         with bar(self.progress and dist.is_main()) as pbar:
             task = pbar.add_task(f"train {label}", total=total, completed=state["phase_step"], rate="")
@@ -203,54 +302,48 @@ class Trainer:
                                   phase.seed, state["epoch"])
                 batches = StoreBatches(store.path, plan, self.seq_len, make_sampler, ds.seed,
                                        dist.rank(), dist.world())
-                epoch_loss, epoch_n, student_classes, teacher_classes = 0.0, 0, set(), set()
-                indices = range(state["step_in_epoch"], len(plan))
-                for k, batch in zip(indices, loader(torch.utils.data.Subset(batches, list(indices)))):
-                    if state["phase_step"] >= total:
-                        break
+                start = state["step_in_epoch"]
+                stop = min(len(plan), start + total - state["phase_step"])
+                steps = range(start, stop)
+                for k, batch in zip(steps, loader(torch.utils.data.Subset(batches, steps))):
+                    batch: Batch = batch.to(self.device)
                     mask = batch.inputs.mask() if positions == "all" else None
                     logits = model(batch.inputs, positions=positions)
                     terms = {name: fn(logits, batch.targets, mask) for name, _, fn in losses}
                     loss = sum(w * terms[name] for name, w, _ in losses)
-                    if not torch.isfinite(loss):
-                        self._nonfinite(label, state, terms)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss * batch.weight).backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), phase.clip or math.inf)
+                    if _any_rank(not (torch.isfinite(loss) and torch.isfinite(grad_norm)), self.device):
+                        details = ", ".join(f"{n}={v.item():.4g}" for n, v in terms.items())
+                        self._nonfinite(label, state["global_step"] + 1, state["phase_step"] + 1, "the loss or its gradient is",
+                                        f"{details}, grad_norm={float(grad_norm):.4g}")
+                    lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     if phase.scheduler != "plateau":
                         scheduler.step()
                     state["step_in_epoch"] = k + 1
                     state["phase_step"] += 1
                     state["global_step"] += 1
-                    seen += batch.inputs.batch_size
-                    epoch_loss += loss.item()
-                    epoch_n += 1
-                    pred = _predicted(logits, mask)
-                    teach = _predicted_targets(batch, mask)
-                    student_classes.update(pred)
-                    teacher_classes.update(teach)
+                    seen += batch.global_size
+                    pred, teach = _predicted(logits, mask), _predicted_targets(batch, mask)
+                    stats.add(loss.item(), pred, teach)
                     rate = seen / (time.perf_counter() - t0)
                     self.log.write("train", {
                         "phase": p, "epoch": state["epoch"], "step": state["global_step"], "phase_step": state["phase_step"],
                         "loss": loss.item(), **{f"loss_{n}": v.item() for n, v in terms.items()},
-                        "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
-                        "samples_per_s": round(rate, 2), "distinct_pred": len(set(pred)), "distinct_teacher": len(set(teach)),
+                        "lr": lr, "grad_norm": float(grad_norm), "samples_per_s": round(rate, 2),
+                        "distinct_pred": len(set(pred)), "distinct_teacher": len(set(teach)),
                     })
                     pbar.update(task, completed=state["phase_step"], rate=f"loss {loss.item():.4g} {rate:.1f} samples/s")
+                    if state["step_in_epoch"] == len(plan):
+                        self._end_epoch(p, phase, state, stats, scheduler)
+                        stats = EpochStats()
                     if state["phase_step"] % phase.checkpoint_every == 0 and state["phase_step"] < total:
-                        self._checkpoint(student, optimizer, scheduler, state)
-                if state["step_in_epoch"] >= len(plan):
-                    self.log.write("train_epoch", {
-                        "phase": p, "epoch": state["epoch"], "step": state["global_step"],
-                        "mean_loss": epoch_loss / max(1, epoch_n), "distinct_pred": len(student_classes),
-                        "distinct_teacher": len(teacher_classes),
-                    })
-                    if phase.scheduler == "plateau" and epoch_n:
-                        scheduler.step(epoch_loss / epoch_n)
-                    state["epoch"] += 1
-                    state["step_in_epoch"] = 0
-        self._checkpoint(student, optimizer, scheduler, state)
+                        self._checkpoint(student, optimizer, scheduler, state, stats, label)
+                    if delay:
+                        time.sleep(delay)
+        self._checkpoint(student, optimizer, scheduler, state, stats, label)
         if dist.is_main():
             atomic_save({"model": student.state_dict(), "identity_hash": self.identity_hash},
                         self.ckpt_dir / f"phase{p}.pt")
@@ -258,28 +351,41 @@ class Trainer:
 
             plot_training(self.run_dir / "metrics.jsonl", self.run_dir / "training.png")
 
-    def _nonfinite(self, label, state, terms):
-        values = ", ".join(f"{n}={v.item():.4g}" for n, v in terms.items())
+    def _end_epoch(self, p: int, phase: PhaseSpec, state: dict, stats: EpochStats, scheduler) -> None:
+        mean_loss = _mean_over_ranks(stats.loss_sum / max(1, stats.steps), self.device)
+        self.log.write("train_epoch", {
+            "phase": p, "epoch": state["epoch"], "step": state["global_step"], "mean_loss": mean_loss,
+            "distinct_pred": len(stats.pred), "distinct_teacher": len(stats.teacher),
+        })
+        if phase.scheduler == "plateau":  # the same mean on every rank, so the same lr
+            scheduler.step(mean_loss)
+        state["epoch"] += 1
+        state["step_in_epoch"] = 0
+
+    def _nonfinite(self, label: str, step: int, phase_step: int, what: str, details: str = ""):
         kept = self.ckpt_dir / "last.pt"
         where = f"the last good checkpoint is kept in {kept}" if kept.exists() else "no checkpoint was written yet"
         raise KDError(
-            f"{self.spec.source}: {label}: loss is not finite at step {state['global_step'] + 1} ({values}); "
-            f"training stopped, {where}. Try a lower lr or set clip."
+            f"{self.spec.source}: {label}: {what} not finite at step {step} (step {phase_step} of the phase"
+            f"{'; ' + details if details else ''}); training stopped, {where}. Try a lower lr or set clip."
         )
 
-    def _checkpoint(self, student, optimizer, scheduler, state) -> None:
+    def _checkpoint(self, student, optimizer, scheduler, state: dict, stats: EpochStats, label: str) -> None:
+        # a finite loss can still step to non-finite weights: never let those replace a good checkpoint
+        if not all(torch.isfinite(t).all() for t in student.parameters()):
+            self._nonfinite(label, state["global_step"], state["phase_step"], "the weights after the update are")
         if not dist.is_main():
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_save({
             "model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(), "state": dict(state), "identity_hash": self.identity_hash,
+            "rng": rng_state(), "state": {**state, "epoch_stats": stats.state()}, "identity_hash": self.identity_hash,
         }, self.ckpt_dir / "last.pt")
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop records written after the checkpoint we resume from: they will be redone."""
+        """Drop training records after `step` (they will be redone); keep other stages' records."""
         path = self.run_dir / "metrics.jsonl"
-        if not dist.is_main() or not path.exists():
+        if not path.exists():
             return
         keep = [r for r in read_metrics(path) if r.get("stage") not in ("train", "train_epoch") or r["step"] <= step]
         tmp = path.with_name("metrics.jsonl.tmp")
@@ -287,12 +393,16 @@ class Trainer:
         os.replace(tmp, path)
 
     def _finish(self, student) -> torch.nn.Module:
-        if dist.is_main():
-            from safetensors.torch import save_model
+        from safetensors.torch import save_model
 
+        student = student.cpu()
+        out = self.run_dir / "student"
+        if os.environ.get("KD_SAVE_RANK_WEIGHTS"):
+            out.mkdir(parents=True, exist_ok=True)
+            save_model(student, str(out / f"rank{dist.rank()}.safetensors"))
+        if dist.is_main():
             from kd_plugins.students import save_reverted
 
-            out = self.run_dir / "student"
             out.mkdir(parents=True, exist_ok=True)
             save_model(student, str(out / "float_student.safetensors"))
             save_reverted(student.revert(), self.run_dir / "reverted")

@@ -115,7 +115,7 @@ class LengthMix:
             g = generator(seed, int(i), salt=1)
             full = torch.rand((), generator=g).item() < self.p.full_fraction
             short = int(torch.randint(self.p.min_len, max(self.p.min_len, self.S - 1) + 1, (), generator=g))
-            out.append(self.S if full or self.S == 1 else min(short, self.S - 1))
+            out.append(self.S if full or self.p.min_len >= self.S else min(short, self.S - 1))
         return torch.tensor(out, dtype=torch.long)
 
     def sample(self, indices, seed):

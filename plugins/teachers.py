@@ -414,6 +414,16 @@ def meta_to_hf(folder: Path, max_seq_len: int = 4096):
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model.load_state_dict(sd, strict=True, assign=True)
+    # buffers that are not in the checkpoint (the rotary inv_freq) were made on the meta device:
+    # rebuild the modules that own them on the CPU
+    for name, module in list(model.named_modules()):
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, type(module)(config=config))
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise KDError(f"teacher.path: {folder}: weights missing from the checkpoint: {', '.join(left[:5])}")
     return model
 
 

@@ -1,0 +1,111 @@
+"""The `kd` command line: cheap `--help`, `kd plugins`, and every shipped spec in experiments/."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from rich.console import Console
+
+from kdcore import cli
+from kdcore.registry import KINDS, kind_plural, load_registry
+from kdcore.spec import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted((REPO / "experiments").rglob("*.toml"))
+HEAVY = ("transformers", "zarr", "torch")
+
+
+def kd(*args) -> tuple[int, str]:
+    """Run the `kd` command line in this process, as the console script does: (exit code, output)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with mock.patch.object(sys, "argv", ["kd", *map(str, args)]), redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            cli.main()
+        except SystemExit as e:
+            code = e.code or 0
+    return code, stdout.getvalue() + stderr.getvalue()
+
+
+def test_kd_help_in_a_subprocess():
+    script = Path(sys.executable).parent / "kd"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "kdcore"]
+    proc = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("run", "generate", "train", "eval", "inspect", "validate", "plugins", "compare"):
+        assert name in proc.stdout
+
+
+def test_help_imports_neither_transformers_nor_zarr_nor_torch():
+    commands = sorted(c.name or c.callback.__name__ for c in cli.app.registered_commands)
+    snippet = f"""
+import json, sys
+from kdcore.cli import app
+for args in (["--help"], *([name, "--help"] for name in {commands!r})):
+    try:
+        app(args, standalone_mode=False)
+    except SystemExit:
+        pass
+print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
+"""
+    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_plugins_lists_every_component_with_its_parameters(monkeypatch):
+    wide = Console(file=io.StringIO(), width=400)  # one line per component
+    monkeypatch.setattr(cli, "out", wide)
+    code, _ = kd("plugins")
+    assert code == 0
+    text = wide.file.getvalue()
+    registry = load_registry()
+    for kind in KINDS:
+        assert kind_plural(kind) in text
+        for name in registry.names(kind):
+            row = next((line for line in text.splitlines() if line.startswith(f"│ {name} ")), None)
+            assert row is not None, f"{kind} '{name}' is not listed"
+            assert "kd_plugins" in row
+            for field, info in registry.get(kind, name).params.model_fields.items():
+                shown = "required" if info.is_required() else repr(info.default)
+                assert f"{field}={shown}" in row, f"{kind} '{name}': {field} missing from {row}"
+    assert "uniform in [min_len, S-1]" in text  # docstrings are printed as written, not as markup
+
+
+def test_plugins_of_one_kind(monkeypatch):
+    wide = Console(file=io.StringIO(), width=400)
+    monkeypatch.setattr(cli, "out", wide)
+    assert kd("plugins", "--kind", "loss")[0] == 0
+    text = wide.file.getvalue()
+    assert "losses" in text and "skew-kl" in text and "uniform" not in text
+    code, output = kd("plugins", "--kind", "sampeler")
+    assert code == 1 and "unknown kind 'sampeler' — did you mean 'sampler'?" in output
+
+
+def test_there_are_experiments():
+    assert EXPERIMENTS, "experiments/ has no *.toml spec"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[str(p.relative_to(REPO)) for p in EXPERIMENTS])
+def test_experiment_spec_starts_with_a_comment(path):
+    first = path.read_text().splitlines()[0] if path.read_text() else ""
+    assert first.startswith("#"), f"{path.name}: the first line should say what the spec does"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[str(p.relative_to(REPO)) for p in EXPERIMENTS])
+def test_experiment_spec_validates(path):
+    spec = load_spec(path)  # the schema, every component's name and parameters: no teacher needed
+    local = getattr(spec.teacher.params, "path", None)
+    if local and not Path(local).expanduser().exists():
+        pytest.skip(f"the teacher's files are not on this machine: {local}")
+    code, output = kd("validate", path)  # and what needs the teacher: vocabulary, positions, student
+    assert code == 0, output
+    assert f"{path}: valid" in " ".join(output.split())

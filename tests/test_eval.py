@@ -1,0 +1,146 @@
+"""Evaluation: metrics against hand computations, the report, the end-to-end run (tiny and real teacher)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdcore.evaluate import Accumulator, UnigramPredictor, greedy_student, text_windows
+from kdcore.texts import read_text
+
+
+def test_accumulator_matches_hand_computation():
+    teacher = torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0, -3.0], [0.0, 3.0, 1.0, 0.0, 0.0, 0.0]])
+    student = torch.tensor([[1.0, 2.0, 0.0, -1.0, -2.0, -3.0], [0.0, 2.0, 1.0, 0.0, 0.0, 0.0]])
+    target = torch.tensor([0, 2])
+    acc = Accumulator()
+    acc.add(student, teacher, target)
+    r = acc.result()
+
+    def softmax(row):
+        e = [math.exp(v) for v in row]
+        return [v / sum(e) for v in e]
+
+    kl, nll = 0.0, 0.0
+    for t_row, s_row, y in zip(teacher.tolist(), student.tolist(), target.tolist()):
+        p, q = softmax(t_row), softmax(s_row)
+        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        nll += -math.log(q[y])
+    assert r["top1_agreement"] == pytest.approx(0.5)  # row 0 argmax differs (1 vs 0), row 1 agrees
+    assert r["kl_teacher_student"] == pytest.approx(kl / 2, rel=1e-5)
+    assert r["perplexity"] == pytest.approx(math.exp(nll / 2), rel=1e-5)
+    assert r["next_token_accuracy"] == 0.0
+    assert r["distinct_predicted"] == 1
+    # top-5 of 6 entries: row 0 both drop index 5 -> full overlap; row 1 ties broken the same way
+    assert 0.8 <= r["top5_overlap"] <= 1.0
+
+
+def test_text_windows_are_consecutive_tokens_with_their_next_tokens():
+    tokens = list(range(100))
+    windows, nexts = text_windows(tokens, 8, 10)
+    assert windows.shape == (10, 8)
+    assert torch.equal(nexts, windows + 1)
+    assert windows[0, 0] == 0 and nexts[-1, -1] == 99
+
+
+def test_unigram_predicts_the_most_frequent_token():
+    u = UnigramPredictor([3, 3, 3, 1, 2], vocab_size=5)
+    logits = u(torch.zeros(2, 4, dtype=torch.long), torch.tensor([4, 2]))
+    assert logits.shape == (2, 5)
+    assert torch.equal(logits.argmax(-1), torch.tensor([3, 3]))
+    assert torch.allclose(logits.exp().sum(-1), torch.ones(2))
+
+
+def test_greedy_student_uses_a_sliding_window():
+    calls = []
+
+    class Echo(torch.nn.Module):  # predicts (last id + 1) % 10, records the windows it saw
+        def forward(self, ids, lengths, positions="last"):
+            calls.append((ids.clone(), lengths.clone()))
+            last = ids[0, lengths[0] - 1]
+            return torch.nn.functional.one_hot((last + 1) % 10, 10).float()[None]
+
+    out = greedy_student(Echo(), [1, 2, 3], seq_len=4, steps=3)
+    assert out == [4, 5, 6]
+    assert calls[0][1].item() == 3 and calls[0][0][0, :3].tolist() == [1, 2, 3]
+    assert calls[2][0][0].tolist() == [3, 4, 5, 0][:0] + [2, 3, 4, 5]  # last 4 tokens once the window is full
+
+
+def test_eval_text_is_disjoint_from_the_reference_training_text():
+    def grams(text, n=8):
+        words = text.split()
+        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+    assert not grams(read_text("builtin:eval.txt")) & grams(read_text("builtin:reference.txt"))
+
+
+def _kd(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "kdcore", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_run_writes_a_report_with_baselines_and_compare_reads_it(tiny_spec, write_spec, tmp_path):
+    path = write_spec(tiny_spec)
+    result = _kd("run", str(path))
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads((tmp_path / "runs" / "tiny" / "eval" / "report.json").read_text())
+    assert set(report["results"]) == {"student", "untrained", "unigram"}
+    for r in report["results"].values():
+        assert 0 <= r["top1_agreement"] <= 1 and r["kl_teacher_student"] >= 0 and r["perplexity"] > 1
+    assert report["results"]["unigram"]["distinct_predicted"] == 1
+    assert report["samples"][0]["prompt"] == "The cat"
+    for f in ("report.md", "metrics.png"):
+        assert (tmp_path / "runs" / "tiny" / "eval" / f).exists()
+    assert (tmp_path / "runs" / "tiny" / "training.png").exists()
+    # a second run redoes nothing: the report stays byte-identical
+    before = (tmp_path / "runs" / "tiny" / "eval" / "report.json").read_bytes()
+    again = _kd("run", str(path))
+    assert again.returncode == 0 and "skipped" in again.stdout
+    assert (tmp_path / "runs" / "tiny" / "eval" / "report.json").read_bytes() == before
+
+    other = dict(tiny_spec, name="tiny2")
+    other["phases"] = [dict(tiny_spec["phases"][0], epochs=1)]
+    result = _kd("run", str(write_spec(other, "other.toml")))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "cmp"
+    result = _kd("compare", str(tmp_path / "runs" / "tiny"), str(tmp_path / "runs" / "tiny2"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["label"] for r in rows] == ["tiny", "tiny2", "untrained", "unigram", "teacher"]
+    assert (out / "compare.png").exists()
+
+
+def test_eval_without_a_trained_student_is_a_clear_error(tiny_spec, write_spec):
+    result = _kd("eval", str(write_spec(tiny_spec)))
+    assert result.returncode == 1
+    assert "no trained student" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.real_teacher
+def test_end_to_end_on_the_real_teacher(write_spec, tmp_path):
+    """Generate, train, revert and evaluate on SmolLM2-135M: small, but every stage real."""
+    spec = {
+        "name": "real",
+        "teacher": {"name": "smollm2"},
+        "datasets": {"ids": {"samples": 48, "max_seq_len": 8, "batch_size": 16, "block_size": 16,
+                             "positions": "all", "logits": "topk", "topk": 32,
+                             "sampler": {"name": "random-ids"}}},
+        "student": {"name": "llama", "hidden_size": 32, "layers": 1, "heads": 2},
+        "phases": [{"dataset": "ids", "epochs": 2, "batch_size": 16, "lr": 3e-3, "losses": [{"name": "kl"}]}],
+        "eval": {"windows": 16, "max_new_tokens": 4, "prompts": ["The capital of France is"]},
+    }
+    result = _kd("run", str(write_spec(spec)))
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads((tmp_path / "runs" / "real" / "eval" / "report.json").read_text())
+    assert report["positions"] == "all" and report["windows"] == 16
+    assert report["results"]["student"]["positions_scored"] == 16 * 8
+    # the real teacher is a fluent model: it continues the prompt with Paris
+    assert "Paris" in report["samples"][0]["teacher"]
+    assert report["teacher"]["perplexity"] < report["results"]["unigram"]["perplexity"]
+    inspect = _kd("inspect", str(tmp_path / "store" / "ids"), "--json")
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["teacher"]["name"] == "smollm2"

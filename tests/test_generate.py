@@ -1,0 +1,315 @@
+"""Generation into the store: layout, target kinds, reproducibility, refusal, kill -9 resume, torchrun."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from kdcore.build import Builder
+from kdcore.components import Inputs
+from kdcore.generate import generate
+from kdcore.spec import load_spec
+from kdcore.store import FORMAT_VERSION, Store
+
+BIN = Path(sys.executable).parent
+
+
+def gen(spec_path: Path, dataset: str = "noise", **kw) -> Store:
+    return generate(load_spec(spec_path), dataset, progress=False, **kw)
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode="r")
+    return {k: np.asarray(g[k][:]) for k in sorted(g.array_keys())}
+
+
+def assert_same_store(a: Path, b: Path, value_tol: float = 0.0) -> None:
+    x, y = arrays(a), arrays(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape, k
+        if value_tol and x[k].dtype.kind == "f":
+            np.testing.assert_allclose(x[k].astype(np.float32), y[k].astype(np.float32), atol=value_tol, rtol=0, err_msg=k)
+        else:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(path)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def kd(*args, cwd: Path, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdcore", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def with_dataset(spec: dict, **changes) -> dict:
+    spec = copy.deepcopy(spec)
+    spec["datasets"]["noise"].update(changes)
+    return spec
+
+
+def regenerate_inputs(store: Store, spec_path: Path) -> tuple[Inputs, torch.Tensor]:
+    """The inputs a trainer would rebuild from (seed, index), and the teacher's logits on them."""
+    spec = load_spec(spec_path)
+    builder = Builder(spec)
+    sampler = builder.sampler("noise")
+    ds = spec.datasets["noise"]
+    x = sampler.sample(range(ds.samples), ds.seed)
+    return x, builder.teacher.logits(x, ds.positions)
+
+
+# --- layout ----------------------------------------------------------------------------------------
+
+
+def test_store_layout(tiny_spec, write_spec, tmp_path):
+    path = write_spec(tiny_spec)
+    store = gen(path)
+    assert store.path == tmp_path / "store" / "noise" and store.complete
+    N, S, V, B = 40, 6, 64, 8
+    want = {"seed": ((N,), (B,), "int64"), "length": ((N,), (B,), "int32"),
+            "logits": ((N, V), (B, V), "float16"), "committed": ((N // B,), (1,), "uint8")}
+    g = zarr.open_group(str(store.path), mode="r")
+    assert set(g.array_keys()) == set(want)  # seed inputs: no inputs array
+    for name, (shape, chunks, dtype) in want.items():
+        assert (g[name].shape, g[name].chunks, str(g[name].dtype)) == (shape, chunks, dtype), name
+    assert (g["committed"][:] == 1).all()
+    attrs = dict(g.attrs)
+    assert attrs["format_version"] == FORMAT_VERSION and attrs["complete"] is True
+    assert attrs["spec"]["seed"] == 1 and attrs["spec"]["sampler"]["name"] == "length-mix"
+    assert attrs["teacher"]["name"] == "tiny-llama"
+    assert attrs["teacher"]["fingerprint"] == Builder(load_spec(path)).teacher.fingerprint()
+    assert attrs["vocab_size"] == V and attrs["identity_hash"]
+    assert attrs["layout"]["block_rows"] == B and attrs["layout"]["num_samples"] == N
+    # per-sample seeds and lengths, all written
+    from kdcore.components import sample_seed
+
+    assert g["seed"][:].tolist() == [sample_seed(1, i) for i in range(N)]
+    assert ((g["length"][:] >= 1) & (g["length"][:] <= S)).all() and (g["length"][:] < S).any()
+    # a complete store re-run does nothing (no file touched)
+    before = snapshot(store.path)
+    time.sleep(0.01)
+    gen(path)
+    assert snapshot(store.path) == before
+
+
+def test_stored_targets_equal_teacher_logits(tiny_spec, write_spec):
+    path = write_spec(tiny_spec)
+    store = gen(path)
+    x, logits = regenerate_inputs(store, path)
+    data = arrays(store.path)
+    assert np.array_equal(data["length"], x.lengths.numpy())
+    np.testing.assert_allclose(data["logits"].astype(np.float32), logits.numpy(), atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_topk_targets_give_exact_probabilities(tiny_spec, write_spec, positions):
+    spec = with_dataset(tiny_spec, logits="topk", topk=5, positions=positions)
+    path = write_spec(spec)
+    store = gen(path)
+    g = zarr.open_group(str(store.path), mode="r")
+    pos = (6,) if positions == "all" else ()
+    assert g["topk_values"].shape == (40, *pos, 5) and str(g["topk_values"].dtype) == "float16"
+    assert g["topk_indices"].shape == (40, *pos, 5) and str(g["topk_indices"].dtype) == "uint16"
+    assert g["logsumexp"].shape == (40, *pos) and str(g["logsumexp"].dtype) == "float32"
+    assert "logits" not in set(g.array_keys())
+    x, logits = regenerate_inputs(store, path)
+    probs = torch.softmax(logits, -1)
+    idx = torch.from_numpy(g["topk_indices"][:].astype(np.int64))
+    kept = torch.from_numpy(g["topk_values"][:].astype(np.float32))
+    lse = torch.from_numpy(g["logsumexp"][:])
+    if positions == "all":  # padding positions are not targets
+        m = x.mask()
+        probs, idx, kept, lse, logits = probs[m], idx[m], kept[m], lse[m], logits[m]
+    assert torch.equal(idx, logits.topk(5, -1).indices)
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1), atol=1e-5, rtol=0)
+    exact = torch.exp(kept - lse[..., None])
+    torch.testing.assert_close(exact, probs.gather(-1, idx), atol=1e-4, rtol=2e-3)
+
+
+def test_positions_all_contains_last(tiny_spec, write_spec, tmp_path):
+    last = gen(write_spec(tiny_spec, "last.toml"))
+    spec = with_dataset(tiny_spec, positions="all")
+    spec["store_dir"] = str(tmp_path / "store_all")
+    full = gen(write_spec(spec, "all.toml"))
+    a, b = arrays(last.path), arrays(full.path)
+    assert b["logits"].shape == (40, 6, 64)
+    assert np.array_equal(a["length"], b["length"])
+    picked = b["logits"][np.arange(40), a["length"] - 1]
+    np.testing.assert_allclose(picked.astype(np.float32), a["logits"].astype(np.float32), atol=1e-2)
+
+
+def test_dense_inputs_match_the_seeds(tiny_spec, write_spec, tmp_path):
+    seed_store = gen(write_spec(tiny_spec, "seed.toml"))
+    spec = with_dataset(tiny_spec, inputs="dense")
+    spec["store_dir"] = str(tmp_path / "store_dense")
+    path = write_spec(spec, "dense.toml")
+    dense_store = gen(path)
+    d, s = arrays(dense_store.path), arrays(seed_store.path)
+    assert d["inputs"].shape == (40, 6, 64) and d["inputs"].dtype == np.float16
+    assert zarr.open_group(str(dense_store.path))["inputs"].chunks == (8, 6, 64)
+    x, _ = regenerate_inputs(dense_store, path)
+    assert np.array_equal(d["inputs"], x.soft.half().numpy())  # padding rows stored as zeros
+    for k in ("seed", "length", "logits"):
+        assert np.array_equal(d[k], s[k]), k
+
+
+def test_ids_sampler_stores_ids(tiny_spec, write_spec):
+    spec = with_dataset(tiny_spec, sampler={"name": "length-mix", "sampler": {"name": "random-ids"}})
+    path = write_spec(spec)
+    store = gen(path)
+    x, logits = regenerate_inputs(store, path)
+    data = arrays(store.path)
+    assert data["ids"].dtype == np.int32 and np.array_equal(data["ids"], x.ids.numpy())
+    np.testing.assert_allclose(data["logits"].astype(np.float32), logits.numpy(), atol=2e-3, rtol=1e-3)
+
+
+def test_batch_size_does_not_change_the_store(tiny_spec, write_spec, tmp_path):
+    spec = with_dataset(tiny_spec, logits="topk", topk=4, positions="all", batch_size=3)
+    a = gen(write_spec(spec, "a.toml"))
+    spec = with_dataset(spec, batch_size=8)
+    spec["store_dir"] = str(tmp_path / "store_b")
+    b = gen(write_spec(spec, "b.toml"))
+    assert_same_store(a.path, b.path, value_tol=1e-3)
+
+
+# --- refusing another spec's store -------------------------------------------------------------------
+
+
+def test_different_spec_is_refused_then_overwritten(tiny_spec, write_spec, tmp_path):
+    path = write_spec(tiny_spec)
+    store = gen(path)
+    before = snapshot(store.path)
+    changed = with_dataset(tiny_spec, seed=2, samples=48)
+    path2 = write_spec(changed, "changed.toml")
+    r = kd("generate", path2, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    msg = " ".join(r.stderr.split())
+    assert "dataset.seed: 1 -> 2" in msg and "dataset.samples: 40 -> 48" in msg and "--overwrite" in msg
+    assert snapshot(store.path) == before  # untouched
+
+    r = kd("generate", "--overwrite", path2, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    g = zarr.open_group(str(store.path), mode="r")
+    assert g.attrs["spec"]["seed"] == 2 and g["seed"].shape == (48,) and g.attrs["complete"]
+    # and now the same spec again is a no-op
+    before = snapshot(store.path)
+    assert kd("generate", path2, cwd=tmp_path).returncode == 0
+    assert snapshot(store.path) == before
+
+
+def test_different_teacher_is_refused(tiny_spec, write_spec):
+    path = write_spec(tiny_spec)
+    gen(path)
+    other = copy.deepcopy(tiny_spec)
+    other["teacher"]["seed"] = 1
+    from kdcore.errors import StoreError
+
+    with pytest.raises(StoreError, match="teacher"):
+        gen(write_spec(other, "other.toml"))
+
+
+def test_batch_size_change_resumes_the_same_store(tiny_spec, write_spec):
+    """batch_size is not part of the dataset's identity: changing it reuses the store."""
+    store = gen(write_spec(tiny_spec))
+    before = snapshot(store.path)
+    gen(write_spec(with_dataset(tiny_spec, batch_size=5), "b5.toml"))
+    assert snapshot(store.path) == before
+
+
+# --- kill -9 and resume ----------------------------------------------------------------------------
+
+SLOW_PLUGIN = '''
+import time
+from kdcore.hookspecs import hookimpl
+from kd_plugins.samplers import Uniform, UniformParams
+
+
+class Slow(Uniform):
+    """uniform noise, drawn slowly: room to kill a run part-way"""
+
+    def sample(self, indices, seed):
+        time.sleep(0.03 * len(indices))
+        return super().sample(indices, seed)
+
+
+@hookimpl
+def kd_register_samplers(register):
+    register("slow-uniform", Slow, UniformParams)
+'''
+
+
+def kill_spec(tiny_spec, tmp_path: Path) -> dict:
+    (tmp_path / "slow_plugin.py").write_text(SLOW_PLUGIN)
+    spec = with_dataset(tiny_spec, samples=120, block_size=4, batch_size=4, positions="all", logits="topk", topk=8,
+                        sampler={"name": "length-mix", "sampler": {"name": "slow-uniform"}})
+    spec["plugins"] = ["slow_plugin.py"]
+    return spec
+
+
+def committed_count(store: Path) -> int:
+    folder = store / "committed" / "c"
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def test_kill9_resume_equals_uninterrupted(tiny_spec, write_spec, tmp_path):
+    spec = kill_spec(tiny_spec, tmp_path)
+    path = write_spec(spec)
+    store = tmp_path / "store" / "noise"
+    rng = random.Random(1234)
+    kills = 0
+    for target in (3, 12, 21):  # kill after at least this many of the 30 blocks are committed
+        proc = subprocess.Popen([sys.executable, "-m", "kdcore", "generate", str(path)], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while committed_count(store) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.06))  # somewhere inside the next block's work or write
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert proc.returncode in (-signal.SIGKILL, 0), proc.stderr.read()
+        assert committed_count(store) < 30 or proc.returncode == 0
+    assert kills >= 2, "the run finished before it could be killed: make the sampler slower"
+    partial = zarr.open_group(str(store), mode="r")
+    assert not partial.attrs["complete"]
+    r = kd("generate", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert zarr.open_group(str(store), mode="r").attrs["complete"]
+
+    ref = copy.deepcopy(spec)
+    ref["store_dir"] = str(tmp_path / "ref")
+    gen(write_spec(ref, "ref.toml"))
+    assert_same_store(store, tmp_path / "ref" / "noise")
+
+
+# --- torchrun ---------------------------------------------------------------------------------------
+
+
+def test_torchrun_two_processes_equal_single_process(tiny_spec, write_spec, tmp_path):
+    spec = with_dataset(tiny_spec, samples=44, logits="topk", topk=4)  # 6 blocks, the last one short
+    path = write_spec(spec)
+    env = {**os.environ, "KD_BACKEND": "gloo", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", "0", "-m", "kdcore",
+                        "generate", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    store = tmp_path / "store" / "noise"
+    assert zarr.open_group(str(store), mode="r").attrs["complete"]
+    ref = copy.deepcopy(spec)
+    ref["store_dir"] = str(tmp_path / "ref")
+    gen(write_spec(ref, "ref.toml"))
+    assert_same_store(store, tmp_path / "ref" / "noise")

@@ -1,0 +1,195 @@
+"""Samplers: each a pure function of (dataset seed, sample index), whatever the batch asking for it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kdcore.build import Builder
+from kdcore.components import Inputs
+from kdcore.spec import parse_spec
+
+# one configuration per registered sampler (a new sampler must be added here: see the test below)
+CONFIGS = {
+    "uniform": {"name": "uniform", "low": -10.0, "high": 10.0},
+    "random-ids": {"name": "random-ids"},
+    "length-mix": {"name": "length-mix", "full_fraction": 0.5, "min_len": 2, "sampler": {"name": "uniform"}},
+    "gaussian": {"name": "gaussian", "mean": 0.5, "std": 2.0},
+    "soft-ids": {"name": "soft-ids", "scale": 4.0},
+    "k-hot": {"name": "k-hot", "k": 3},
+    "norm-matched": {"name": "norm-matched"},
+    "teacher-generated": {"name": "teacher-generated", "group": 4, "prefix": 2},
+    "mix": {"name": "mix", "samplers": [{"name": "uniform"}, {"name": "random-ids"}], "weights": [1, 1]},
+    "text-windows": {"name": "text-windows"},
+}
+
+
+def build(tiny_spec, sampler: dict, max_seq_len: int = 6, teacher: dict | None = None):
+    data = copy.deepcopy(tiny_spec)
+    ds = data["datasets"]["noise"]
+    ds["sampler"], ds["max_seq_len"] = sampler, max_seq_len
+    if teacher:
+        data["teacher"].update(teacher)
+    spec = parse_spec(data)
+    builder = Builder(spec)
+    return builder.sampler("noise"), builder
+
+
+def rows(x: Inputs) -> torch.Tensor:
+    return x.ids if x.ids is not None else x.soft
+
+
+def test_every_registered_sampler_is_covered(tiny_spec):
+    registry = parse_spec(tiny_spec).registry
+    assert set(registry.names("sampler")) == set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_pure_function_of_seed_and_index(tiny_spec, name):
+    make = lambda: build(tiny_spec, CONFIGS[name])[0]  # noqa: E731 - a fresh instance: no cache shared
+    a, b, c = make(), make(), make()
+    batch = a.sample([3, 4, 5], seed=7)
+    alone = b.sample([4], seed=7)
+    shuffled = c.sample([9, 5, 0, 4], seed=7)
+    assert batch.batch_size == 3 and batch.seq_len == 6
+    assert (batch.ids is None) == (a.produces == "soft")
+    assert torch.equal(rows(batch)[1], rows(alone)[0])
+    assert torch.equal(rows(batch)[1], rows(shuffled)[3])
+    assert torch.equal(rows(batch)[2], rows(shuffled)[1])
+    assert torch.equal(batch.lengths[1:2], alone.lengths)
+    assert torch.equal(rows(a.sample([4], seed=7))[0], rows(alone)[0])  # repeatable on the same instance
+    other = a.sample([3, 4, 5], seed=8)
+    assert not torch.equal(rows(batch), rows(other))
+    assert not torch.equal(rows(batch)[0], rows(batch)[1])  # indices differ
+    assert ((batch.lengths >= 1) & (batch.lengths <= 6)).all()
+    if batch.ids is not None:
+        assert batch.ids.dtype == torch.int64 and ((batch.ids >= 0) & (batch.ids < 64)).all()
+
+
+def test_uniform_range_and_gaussian_moments(tiny_spec):
+    u, _ = build(tiny_spec, {"name": "uniform", "low": -2.0, "high": 3.0})
+    x = u.sample(range(50), 0).soft
+    assert x.min() >= -2 and x.max() <= 3 and abs(x.mean().item() - 0.5) < 0.05
+    gs, _ = build(tiny_spec, CONFIGS["gaussian"])
+    x = gs.sample(range(50), 0).soft
+    assert abs(x.mean().item() - 0.5) < 0.05 and abs(x.std().item() - 2.0) < 0.05
+
+
+def test_sparse_rows_on_the_simplex(tiny_spec):
+    k, _ = build(tiny_spec, CONFIGS["k-hot"])
+    x = k.sample(range(10), 0).soft
+    assert torch.allclose(x.sum(-1), torch.ones(10, 6))
+    assert ((x > 0).sum(-1) == 3).all()
+    s, _ = build(tiny_spec, CONFIGS["soft-ids"])
+    x = s.sample(range(10), 0).soft
+    assert (x >= 0).all() and torch.allclose(x.sum(-1), torch.ones(10, 6), atol=1e-5)
+
+
+@pytest.mark.parametrize("inner", ["uniform", "random-ids"])
+def test_length_mix(tiny_spec, inner):
+    S = 8
+    mix, _ = build(tiny_spec, {"name": "length-mix", "full_fraction": 0.3, "min_len": 3, "sampler": {"name": inner}}, S)
+    lengths = mix.lengths(range(4000), 5)
+    assert abs((lengths == S).float().mean().item() - 0.3) < 0.03
+    assert lengths.min() == 3 and lengths.max() == S
+    short = lengths[lengths < S]
+    counts = torch.bincount(short, minlength=S)[3:S].float()  # uniform over [min_len, S-1]
+    assert (counts / counts.sum() - 1 / len(counts)).abs().max() < 0.04
+    x = mix.sample(range(200), 5)
+    assert torch.equal(x.lengths, lengths[:200])
+    pad = ~x.mask()
+    assert pad.any()
+    if inner == "uniform":
+        assert (x.soft[pad] == 0).all() and (x.soft[~pad] != 0).all()
+    else:
+        assert (x.ids[pad] == 0).all()
+    # the valid part is the inner sampler's sample
+    inner_x = mix.inner.sample(range(200), 5)
+    keep = x.mask()
+    assert torch.equal(rows(x)[keep], rows(inner_x)[keep])
+
+
+def test_length_mix_edges(tiny_spec):
+    full, _ = build(tiny_spec, {"name": "length-mix", "full_fraction": 0.0, "min_len": 6, "sampler": {"name": "uniform"}})
+    assert (full.lengths(range(50), 0) == 6).all()  # min_len == S: nothing shorter is allowed
+    all_full, _ = build(tiny_spec, {"name": "length-mix", "full_fraction": 1.0, "sampler": {"name": "uniform"}})
+    assert (all_full.lengths(range(50), 0) == 6).all()
+
+
+def test_mix_weights_and_determinism(tiny_spec):
+    cfg = {"name": "mix", "samplers": [{"name": "uniform"}, {"name": "random-ids"}], "weights": [0.8, 0.2]}
+    mix, _ = build(tiny_spec, cfg)
+    x = mix.sample(range(1000), 3)
+    assert mix.produces == "soft"
+    onehot = ((x.soft == 1).sum(-1) == 1).all(-1) & ((x.soft == 0).sum(-1) == 63).all(-1)
+    assert abs(onehot.float().mean().item() - 0.2) < 0.04
+    picks = torch.tensor([mix.choice(3, i) for i in range(1000)])
+    assert torch.equal(picks == 1, onehot)
+    again, _ = build(tiny_spec, cfg)
+    assert torch.equal(again.sample(range(1000), 3).soft, x.soft)
+    ids_only, _ = build(tiny_spec, {"name": "mix", "samplers": [{"name": "random-ids"}, {"name": "random-ids", "low": 5, "high": 9}]})
+    assert ids_only.produces == "ids" and ids_only.sample([0, 1, 2], 0).ids is not None
+
+
+# --- samplers that read the teacher ----------------------------------------------------------------
+
+
+def greedy(teacher, prefix: torch.Tensor, S: int) -> torch.Tensor:
+    """Greedy continuation by full forwards (no KV cache): an independent reference."""
+    ids = prefix.clone()
+    while ids.shape[1] < S:
+        x = Inputs(lengths=torch.full((ids.shape[0],), ids.shape[1]), ids=ids)
+        ids = torch.cat([ids, teacher.logits(x, "last").argmax(-1, keepdim=True)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("setting", [{"top_k": 1}, {"temperature": 1e-4}, {"top_p": 1e-6}])
+def test_teacher_generated_settings_reach_greedy(tiny_spec, setting):
+    gen, builder = build(tiny_spec, {"name": "teacher-generated", "group": 4, "prefix": 2, **setting}, 10)
+    x = gen.sample(range(6), 1)
+    assert torch.equal(x.ids, greedy(builder.teacher, x.ids[:, :2], 10))
+
+
+def test_teacher_generated_top_k_and_batching(tiny_spec):
+    cfg = {"name": "teacher-generated", "group": 4, "prefix": 1, "top_k": 3, "temperature": 2.0}
+    gen, builder = build(tiny_spec, cfg, 8)
+    x = gen.sample(range(8), 2)
+    assert ((x.ids >= 0) & (x.ids < 64)).all() and (x.lengths == 8).all()
+    logits = builder.teacher.logits(x, "all")
+    top3 = logits[:, :-1].topk(3, -1).indices
+    assert (top3 == x.ids[:, 1:, None]).any(-1).all()  # every generated token is among the teacher's top 3
+    # not greedy: the sampling is real
+    assert not torch.equal(x.ids, greedy(builder.teacher, x.ids[:, :1], 8))
+    # any batching, any order, fresh instance or cached: the same rows
+    fresh, _ = build(tiny_spec, cfg, 8)
+    assert torch.equal(fresh.sample([6], 2).ids[0], x.ids[6])
+    assert torch.equal(fresh.sample([7, 1, 4], 2).ids, x.ids[[7, 1, 4]])
+    assert not torch.equal(fresh.sample(range(8), 3).ids, x.ids)
+
+
+def test_norm_matched_scale(tiny_spec):
+    nm, builder = build(tiny_spec, {"name": "norm-matched"}, 6, teacher={"vocab_size": 256, "hidden_size": 64})
+    E = builder.teacher.embedding_weight().detach().float()
+    x = nm.sample(range(20), 0).soft
+    got = (x @ E).norm(dim=-1).mean().item()
+    want = E.norm(dim=1).mean().item()
+    assert abs(got / want - 1) < 0.05
+    double, _ = build(tiny_spec, {"name": "norm-matched", "ratio": 2.0}, 6, teacher={"vocab_size": 256, "hidden_size": 64})
+    assert abs((double.sample(range(20), 0).soft @ E).norm(dim=-1).mean().item() / want - 2) < 0.1
+
+
+def test_text_windows_are_real_text(tiny_spec):
+    tw, builder = build(tiny_spec, {"name": "text-windows"}, 12, teacher={"vocab_size": 256})
+    from kdcore.texts import read_text
+
+    text = read_text("builtin:reference.txt", builder.spec.base_dir)
+    tokens = bytes(builder.teacher.tokenizer().encode(text))
+    x = tw.sample(range(30), 0)
+    starts = set()
+    for row in x.ids.tolist():
+        window = bytes(row)
+        assert window in tokens
+        starts.add(tokens.find(window))
+    assert len(starts) > 20  # windows from all over the text

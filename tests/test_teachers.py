@@ -1,0 +1,312 @@
+"""Teacher adapters: float vocab rows in (`x @ E`), the same logits as token ids for one-hot rows.
+
+Every adapter is checked against token ids (one-hot rows vs ids, float32, <= 1e-5), positions
+"last" and "all"; file formats (a saved HF directory, a Meta checkpoint in one and two shards) are
+checked against the same weights loaded directly as a transformers model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdcore.components import BuildContext, Inputs
+from kd_plugins.teachers import (
+    HFParams, MetaLlamaParams, SentencePieceTokenizer, TinyLlamaParams, hf_causal_lm, meta_llama, tiny_llama,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+TOL = 1e-5
+TINY = dict(vocab_size=64, hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64)
+
+
+def ctx(base: Path = Path(".")) -> BuildContext:
+    return BuildContext(vocab_size=0, max_seq_len=0, base_dir=base)
+
+
+def id_batch(vocab: int, lengths=(7, 3, 5, 1), seed: int = 0) -> Inputs:
+    g = torch.Generator().manual_seed(seed)
+    S = max(lengths)
+    lengths = torch.tensor(lengths)
+    ids = torch.randint(0, vocab, (len(lengths), S), generator=g)
+    ids = ids * (torch.arange(S)[None] < lengths[:, None])
+    return Inputs(lengths=lengths, ids=ids)
+
+
+def one_hot(inputs: Inputs, vocab: int) -> Inputs:
+    return Inputs(lengths=inputs.lengths, soft=inputs.as_soft(vocab))
+
+
+def assert_onehot_equals_ids(teacher, inputs: Inputs) -> None:
+    soft = one_hot(inputs, teacher.vocab_size)
+    mask = inputs.mask()
+    for positions in ("last", "all"):
+        a = teacher.logits(inputs, positions)
+        b = teacher.logits(soft, positions)
+        assert a.dtype == torch.float32 and b.dtype == torch.float32
+        if positions == "last":
+            assert a.shape == (inputs.batch_size, teacher.vocab_size)
+        else:
+            assert a.shape == (inputs.batch_size, inputs.seq_len, teacher.vocab_size)
+            a, b = a[mask], b[mask]
+        assert (a - b).abs().max().item() <= TOL, positions
+
+
+def reference_logits(model, inputs: Inputs) -> list[torch.Tensor]:
+    """Per-sample (L, V) logits of a plain transformers model on token ids, no padding involved."""
+    with torch.inference_mode():
+        return [model(input_ids=inputs.ids[i : i + 1, : int(n)]).logits[0].float()
+                for i, n in enumerate(inputs.lengths)]
+
+
+def assert_matches_reference(teacher, model, inputs: Inputs, tol: float = TOL) -> None:
+    ref = reference_logits(model, inputs)
+    for x in (inputs, one_hot(inputs, teacher.vocab_size)):
+        last = teacher.logits(x, "last")
+        full = teacher.logits(x, "all")
+        for i, n in enumerate(inputs.lengths.tolist()):
+            assert (last[i] - ref[i][-1]).abs().max().item() <= tol
+            assert (full[i, :n] - ref[i]).abs().max().item() <= tol
+
+
+def hf_tiny_model(vocab: int = 64, seed: int = 0, **kw):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False, **kw)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # non-trivial norms, so a wrong norm mapping shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    return model
+
+
+# --- tiny-llama -----------------------------------------------------------------------------------
+
+
+def test_tiny_llama_onehot_equals_ids():
+    teacher = tiny_llama(TinyLlamaParams(**TINY))
+    assert teacher.embedding_weight().shape == (64, 32)
+    assert_onehot_equals_ids(teacher, id_batch(64))
+
+
+def test_tiny_llama_fingerprint_stable_and_weight_sensitive():
+    a = tiny_llama(TinyLlamaParams(**TINY))
+    b = tiny_llama(TinyLlamaParams(**TINY))
+    c = tiny_llama(TinyLlamaParams(**TINY, seed=1))
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()
+    x = id_batch(64)
+    assert torch.equal(a.logits(x), b.logits(x))  # same seed, same weights
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_batched_equals_per_sample_tiny(positions):
+    teacher = tiny_llama(TinyLlamaParams(**TINY))
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([6, 2, 4, 1, 6, 3])
+    soft = torch.rand(6, 6, 64, generator=g) * 20 - 10
+    soft = soft * (torch.arange(6)[None] < lengths[:, None])[..., None]
+    batch = teacher.logits(Inputs(lengths=lengths, soft=soft), positions)
+    for i, n in enumerate(lengths.tolist()):
+        one = teacher.logits(Inputs(lengths=lengths[i : i + 1], soft=soft[i : i + 1, :n]), positions)[0]
+        got = batch[i] if positions == "last" else batch[i, :n]
+        assert (got - one).abs().max().item() <= 1e-4
+
+
+# --- hf-causal-lm -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    model = hf_tiny_model(seed=1)
+    path = tmp_path_factory.mktemp("hf") / "model"
+    model.save_pretrained(path)
+    return path, model
+
+
+def test_hf_causal_lm_matches_transformers(hf_dir):
+    path, model = hf_dir
+    teacher = hf_causal_lm(HFParams(path=str(path)), ctx())
+    assert teacher.name == "hf-causal-lm" and teacher.vocab_size == 64
+    x = id_batch(64)
+    assert_onehot_equals_ids(teacher, x)
+    assert_matches_reference(teacher, model, x)
+
+
+def test_hf_causal_lm_relative_path_and_fingerprint(hf_dir):
+    path, _ = hf_dir
+    a = hf_causal_lm(HFParams(path=path.name), ctx(path.parent))  # relative to the spec's folder
+    b = hf_causal_lm(HFParams(path=str(path)), ctx())
+    assert a.fingerprint() == b.fingerprint()
+    other = path.parent / "other"
+    hf_tiny_model(seed=2).save_pretrained(other)
+    c = hf_causal_lm(HFParams(path=str(other)), ctx())
+    assert c.fingerprint() != b.fingerprint()
+
+
+def test_hf_causal_lm_missing_path_is_clear(tmp_path):
+    from kdcore.errors import KDError
+
+    with pytest.raises(KDError, match="does not exist"):
+        hf_causal_lm(HFParams(path=str(tmp_path / "nope")), ctx())
+
+
+# --- meta-llama -----------------------------------------------------------------------------------
+
+META_VOCAB = 200
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory) -> Path:
+    import sentencepiece
+
+    out = tmp_path_factory.mktemp("spm")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(REPO / "kdcore" / "texts" / "reference.txt"), model_prefix=str(out / "tok"),
+        vocab_size=META_VOCAB, model_type="bpe", minloglevel=2, character_coverage=1.0,
+        user_defined_symbols=["[INST]", "[/INST]"],  # Llama-2 covers them through byte fallback
+    )
+    return out / "tok.model"
+
+
+def to_meta_state(model) -> dict[str, torch.Tensor]:
+    """A transformers Llama's weights under Meta's names, q/k back in Meta's interleaved rotary layout."""
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def permute_back(w: torch.Tensor, heads: int) -> torch.Tensor:  # HF halves -> Meta interleaved
+        return w.view(heads, 2, head_dim // 2, w.shape[1]).transpose(1, 2).reshape(heads * head_dim, w.shape[1])
+
+    out = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"],
+           "output.weight": sd["lm_head.weight"]}
+    for i in range(cfg.num_hidden_layers):
+        h, m = f"model.layers.{i}.", f"layers.{i}."
+        out[m + "attention.wq.weight"] = permute_back(sd[h + "self_attn.q_proj.weight"], cfg.num_attention_heads)
+        out[m + "attention.wk.weight"] = permute_back(sd[h + "self_attn.k_proj.weight"], cfg.num_key_value_heads)
+        out[m + "attention.wv.weight"] = sd[h + "self_attn.v_proj.weight"]
+        out[m + "attention.wo.weight"] = sd[h + "self_attn.o_proj.weight"]
+        out[m + "feed_forward.w1.weight"] = sd[h + "mlp.gate_proj.weight"]
+        out[m + "feed_forward.w2.weight"] = sd[h + "mlp.down_proj.weight"]
+        out[m + "feed_forward.w3.weight"] = sd[h + "mlp.up_proj.weight"]
+        out[m + "attention_norm.weight"] = sd[h + "input_layernorm.weight"]
+        out[m + "ffn_norm.weight"] = sd[h + "post_attention_layernorm.weight"]
+    return out
+
+
+# Meta's model-parallel split axes (norms are replicated in every shard)
+SPLIT = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w2": 1, "w3": 0}
+
+
+def write_meta(folder: Path, model, tokenizer: Path, shards: int = 1) -> Path:
+    import shutil
+
+    folder.mkdir(parents=True)
+    cfg = model.config
+    state = to_meta_state(model)
+    for s in range(shards):
+        part = {}
+        for key, w in state.items():
+            kind = key.split(".")[-2]
+            part[key] = w.clone() if w.dim() == 1 else w.chunk(shards, dim=SPLIT[kind])[s].clone()
+        torch.save(part, folder / f"consolidated.{s:02d}.pth")
+    (folder / "params.json").write_text(json.dumps({
+        "dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
+        "n_kv_heads": cfg.num_key_value_heads, "multiple_of": 32, "norm_eps": cfg.rms_norm_eps,
+        "vocab_size": -1,
+    }))
+    shutil.copy(tokenizer, folder / "tokenizer.model")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def meta_model():
+    return hf_tiny_model(vocab=META_VOCAB, seed=5)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_meta_llama_matches_transformers(tmp_path, spm_model, meta_model, shards):
+    folder = write_meta(tmp_path / "llama", meta_model, spm_model, shards)
+    assert len(list(folder.glob("consolidated.*.pth"))) == shards
+    teacher = meta_llama(MetaLlamaParams(path=str(folder), max_seq_len=64), ctx())
+    assert teacher.name == "meta-llama" and teacher.vocab_size == META_VOCAB
+    x = id_batch(META_VOCAB, seed=shards)
+    assert_onehot_equals_ids(teacher, x)
+    assert_matches_reference(teacher, meta_model, x)
+
+
+def test_meta_llama_fingerprint_and_tokenizer(tmp_path, spm_model, meta_model):
+    folder = write_meta(tmp_path / "llama", meta_model, spm_model)
+    a = meta_llama(MetaLlamaParams(path=str(folder), max_seq_len=64), ctx())
+    b = meta_llama(MetaLlamaParams(path=str(folder), max_seq_len=64), ctx())
+    assert a.fingerprint() == b.fingerprint()
+    other = write_meta(tmp_path / "other", hf_tiny_model(vocab=META_VOCAB, seed=6), spm_model)
+    assert meta_llama(MetaLlamaParams(path=str(other), max_seq_len=64), ctx()).fingerprint() != a.fingerprint()
+
+    tok = a.tokenizer()
+    assert isinstance(tok, SentencePieceTokenizer) and tok.vocab_size == META_VOCAB
+    text = "The cat sat on the mat."
+    ids = tok.encode(text)
+    assert ids and all(0 <= i < META_VOCAB for i in ids)
+    assert tok.decode(ids) == text
+    chat = tok.chat("  Hello there ")
+    assert chat[0] == tok.sp.bos_id() and chat[1:] == tok.encode("[INST] Hello there [/INST]")
+    assert tok.decode(chat[1:]) == "[INST] Hello there [/INST]"
+
+
+def test_meta_llama_missing_files_are_clear(tmp_path):
+    from kdcore.errors import KDError
+
+    with pytest.raises(KDError, match="params.json"):
+        meta_llama(MetaLlamaParams(path=str(tmp_path)), ctx())
+
+
+# --- smollm2 (the real teacher) ---------------------------------------------------------------------
+
+
+def test_smollm2_onehot_equals_ids(smollm2_teacher):
+    t = smollm2_teacher
+    assert t.vocab_size == 49152 and t.name == "smollm2"
+    tok = t.tokenizer()
+    texts = ["The capital of France is", "Once upon a time", "Hi"]
+    encoded = [tok.encode(s) for s in texts]
+    S = max(map(len, encoded))
+    ids = torch.zeros(len(texts), S, dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e)] = torch.tensor(e)
+    x = Inputs(lengths=torch.tensor([len(e) for e in encoded]), ids=ids)
+    assert_onehot_equals_ids(t, x)
+    assert tok.decode(encoded[0]) == texts[0]
+    # a pre-trained model, not noise: "Paris" is a likely continuation
+    paris = tok.encode(" Paris")[0]
+    assert paris in t.logits(x)[0].topk(10).indices.tolist()
+
+
+@pytest.mark.parametrize("noise", ["one-hot", "soft-ids"])
+def test_smollm2_batched_equals_per_sample(smollm2_teacher, noise):
+    t = smollm2_teacher
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([5, 2, 4])
+    S, V = 5, t.vocab_size
+    if noise == "one-hot":
+        soft = torch.nn.functional.one_hot(torch.randint(0, V, (3, S), generator=g), V).float()
+    else:
+        soft = torch.softmax(torch.randn(3, S, V, generator=g) * 8, -1)
+    soft = soft * (torch.arange(S)[None] < lengths[:, None])[..., None]
+    x = Inputs(lengths=lengths, soft=soft)
+    last, full = t.logits(x, "last"), t.logits(x, "all")
+    # One-hot rows: <= 1e-4. Dense noise rows: x @ E (a sum over 49152 entries) rounds in an order that
+    # depends on the batch shape (~1e-7 in the embeddings), and SmolLM2 amplifies that to ~1e-4..5e-4
+    # in its logits, so dense noise gets 1e-3 (a padding or mask bug shows as O(1) differences).
+    tol = 1e-4 if noise == "one-hot" else 1e-3
+    for i, n in enumerate(lengths.tolist()):
+        one = Inputs(lengths=lengths[i : i + 1], soft=soft[i : i + 1, :n])
+        assert (t.logits(one, "last")[0] - last[i]).abs().max().item() <= tol
+        assert (t.logits(one, "all")[0] - full[i, :n]).abs().max().item() <= tol

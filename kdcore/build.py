@@ -13,14 +13,24 @@ class Builder:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.registry = spec.registry
+        self._locs = {id(ref): loc for loc, ref in _all_refs(spec)}  # where each component sits in the spec
 
-    def _make(self, ref: ComponentRef, ctx: BuildContext, loc: str):
+    def _make(self, ref: ComponentRef, ctx: BuildContext, loc: str | None = None):
+        loc = self._locs.get(id(ref), loc or ref.kind)
         factory = self.registry.get(ref.kind, ref.name).resolve()
         try:
             return factory(ref.params, ctx)
+        except SpecError:
+            raise
         except KDError as e:
-            # component errors name their own key; anchor them at the component's place in the spec
-            raise SpecError(self.spec.source, [(loc, str(e))]) from None
+            # components say "sampler.high: ..."; anchor that key at the component's place in the spec
+            msg = str(e)
+            head, sep, rest = msg.partition(": ")
+            if sep and head.startswith(f"{ref.kind}.") and " " not in head:
+                raise SpecError(self.spec.source, [(f"{loc}.{head[len(ref.kind) + 1:]}", rest)]) from None
+            if sep and head == ref.kind:
+                msg = rest
+            raise SpecError(self.spec.source, [(loc, msg)]) from None
 
     @cached_property
     def teacher(self):
@@ -34,7 +44,7 @@ class Builder:
             base_dir=self.spec.base_dir,
             teacher=lambda: self.teacher,
         )
-        ctx.build = lambda kind, ref: self._make(ref, ctx, f"{kind} '{ref.name}'")
+        ctx.build = lambda kind, ref: self._make(ref, ctx)
         return ctx
 
     def sampler(self, dataset: str):
@@ -62,3 +72,23 @@ class Builder:
             (loss.name, loss.weight, self._make(loss, ctx, f"phases[{phase_index}].losses[{j}]"))
             for j, loss in enumerate(phase.losses)
         ]
+
+
+def _all_refs(spec: Spec):
+    """Every component reference in the spec with its key path, nested ones included."""
+    from kdcore.spec import _top_refs
+
+    def walk(loc, ref):
+        yield loc, ref
+        params = ref._params
+        for field in type(params).model_fields if params is not None else ():
+            value = getattr(params, field)
+            if isinstance(value, ComponentRef):
+                yield from walk(f"{loc}.{field}", value)
+            elif isinstance(value, list):
+                for i, child in enumerate(value):
+                    if isinstance(child, ComponentRef):
+                        yield from walk(f"{loc}.{field}[{i}]", child)
+
+    for loc, ref in _top_refs(spec):
+        yield from walk(loc, ref)

@@ -31,7 +31,7 @@ bench: install
 	$(BIN)/python bench/training.py
 
 study: install
-	$(BIN)/python -m kdcore.study experiments/study
+	$(BIN)/kd study experiments/study
 
 clean:
 	rm -rf $(VENV) store runs

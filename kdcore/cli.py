@@ -160,5 +160,14 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders (runs/<expe
     compare_runs(runs, output, out)
 
 
+@app.command()
+def study(folder: Path = typer.Argument(..., help="a folder of specs, e.g. experiments/study"),
+          output: Optional[Path] = typer.Option(None, "--out", help="default: <runs_dir>/study")):
+    """Run every spec in a folder (resumable), then compare them in one table and one PNG."""
+    from kdcore.study import run_study
+
+    run_study(folder, output)
+
+
 if __name__ == "__main__":
     main()

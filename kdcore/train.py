@@ -287,7 +287,7 @@ class Trainer:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"])
-            stats = EpochStats()
+            stats = EpochStats.from_state(state.get("epoch_stats"))
 
         soft_seed = store.layout.produces == "soft" and store.layout.inputs == "seed"
         make_sampler = (lambda: self.builder.sampler(phase.dataset)) if soft_seed else None

@@ -98,6 +98,9 @@ def test_store_batches_match_direct_reads(seed_store):
         assert torch.equal(batch.inputs.lengths, torch.from_numpy(_read(store, "length", rows).astype(np.int64)))
         assert batch.weight == 1.0 and batch.global_size == len(plan[k])
     assert k == len(plan) - 1
+    # resuming at batch 3: a Subset keeps the plan's order
+    tail = [b.rows.tolist() for b in loader(torch.utils.data.Subset(batches, range(3, len(plan))))]
+    assert tail == [np.sort(r).tolist() for r in plan[3:]]
 
 
 def test_seed_mode_regenerates_the_inputs_the_teacher_saw(seed_store):

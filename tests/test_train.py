@@ -44,6 +44,12 @@ def phase(dataset="noise", **kw) -> dict:
     return {**base, **kw}
 
 
+@pytest.fixture(autouse=True)
+def _cpu(monkeypatch):
+    # exact-equality checks are about the CPU; subprocesses inherit this too
+    monkeypatch.setenv("KD_DEVICE", "cpu")
+
+
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("store")
@@ -147,6 +153,32 @@ def test_curriculum_phases_resume_the_same_weights(make_spec, monkeypatch):
     # the students: float-input and reverted, as safetensors
     assert (run / "reverted" / "model.safetensors").exists()
     assert json.loads((run / "student" / "train.json").read_text())["parameters"] > 0
+
+
+def test_max_steps_cuts_the_phase_across_epochs(make_spec):
+    path = make_spec([phase(epochs=3, max_steps=7, checkpoint_every=3)])  # 5 batches per epoch
+    run = train(path).run_dir
+    recs = records(path)
+    assert [(r["epoch"], r["phase_step"]) for r in recs] == [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 6), (1, 7)]
+    assert [r["epoch"] for r in records(path, "train_epoch")] == [0]  # epoch 1 never finished
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert (state["epoch"], state["step_in_epoch"], state["phase_step"]) == (1, 2, 7)
+
+
+def test_plots_without_records_or_with_mixed_terms(tmp_path):
+    from kdcore.plots import plot_training
+
+    assert plot_training(tmp_path / "missing.jsonl", tmp_path / "a.png") is None
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"stage": "generate", "samples": 3}\n{"stage": "train", "step": 1, "pha')  # killed mid-line
+    assert plot_training(metrics, tmp_path / "a.png") is None and not (tmp_path / "a.png").exists()
+    rows = [{"stage": "train", "step": 1, "phase": 0, "loss": 0.0, "loss_mse": 0.0, "lr": 1e-3, "distinct_pred": 1,
+             "distinct_teacher": 2},
+            {"stage": "train", "step": 2, "phase": 1, "loss": 0.5, "loss_kl": 0.5, "lr": 1e-4, "distinct_pred": 2,
+             "distinct_teacher": 2}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_training(metrics, tmp_path / "b.png") == tmp_path / "b.png"
+    assert (tmp_path / "b.png").stat().st_size > 1000
 
 
 # --- optimizers, schedulers, clipping, init, seeds ----------------------------------------------

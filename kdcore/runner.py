@@ -17,6 +17,7 @@ console = Console()
 
 class Runner:
     def __init__(self, spec: Spec, progress: bool = True):
+        dist.init()  # before anything asks for the rank (metrics are written by rank 0 only)
         self.spec, self.progress = spec, progress
         self.builder = Builder(spec)
 

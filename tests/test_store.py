@@ -1,0 +1,192 @@
+"""The store on its own (kdcore.store) and `kd inspect`: complete, half-written, collapsed, corrupt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdcore.errors import StoreError
+from kdcore.inspect import inspect_store
+from kdcore.store import Layout, Store
+
+
+def layout(**kw) -> Layout:
+    base = dict(num_samples=50, max_seq_len=8, vocab_size=32, positions="last", logits="dense", topk=4,
+                inputs="seed", produces="soft", block_rows=10)
+    return Layout(**{**base, **kw})
+
+
+def block(lay: Layout, b: int, collapse: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    lo, hi = lay.block_range(b)
+    n = hi - lo
+    rng = np.random.default_rng(seed + b)
+    logits = rng.normal(size=(n, lay.vocab_size)).astype(np.float16)
+    if collapse:  # token 7 the clear argmax of 90% of the rows
+        logits[: int(n * 0.9), 7] = 20
+    return {"seed": np.arange(lo, hi, dtype=np.int64), "length": rng.integers(1, lay.max_seq_len + 1, n).astype(np.int32),
+            "logits": logits}
+
+
+def make_store(path: Path, blocks: int | None = None, collapse: bool = False, **kw) -> Store:
+    lay = layout(**kw)
+    store = Store.create(path, lay, {"name": path.name, "experiment": "t", "spec": {"sampler": {"name": "x"}},
+                                      "teacher": {"name": "tiny-llama", "fingerprint": "abc"}})
+    for b in range(lay.num_blocks if blocks is None else blocks):
+        store.write_block(b, block(lay, b, collapse))
+    if blocks is None:
+        store.mark_complete()
+    return store
+
+
+def kd_inspect(path: Path, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdcore", "inspect", str(path), *extra], capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "200"})
+
+
+# --- the store --------------------------------------------------------------------------------------
+
+
+def test_store_round_trip_and_commit_flags(tmp_path):
+    lay = layout()
+    store = make_store(tmp_path / "s", blocks=2)
+    assert store.committed().tolist() == [True, True, False, False, False]
+    assert store.pending_blocks() == [2, 3, 4]
+    assert store.pending_blocks(rank=1, world=2) == [3]
+    assert not store.complete
+    with pytest.raises(StoreError, match="uncommitted"):
+        store.mark_complete()
+    again = Store.open(tmp_path / "s")
+    got = again.read_block(1)
+    want = block(lay, 1)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+    with pytest.raises(ValueError, match="rows"):
+        store.write_block(2, {"length": np.ones(3, dtype=np.int32)})
+    assert store.committed()[2] == 0  # a rejected write commits nothing
+
+
+def test_short_last_block_and_topk_dtypes(tmp_path):
+    lay = layout(num_samples=25, logits="topk", positions="all", vocab_size=70000)
+    assert lay.num_blocks == 3 and lay.block_range(2) == (20, 25)
+    arrays = lay.arrays()
+    assert arrays["topk_indices"][2] == "int32" and arrays["topk_values"][0] == (25, 8, 4)
+    assert layout(vocab_size=65536, logits="topk").arrays()["topk_indices"][2] == "uint16"
+    assert lay.bytes_per_sample() < lay.original_bytes_per_sample() / 100
+
+
+def test_open_refuses_what_is_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="not a LlamaKD store"):
+        Store.open(tmp_path / "missing")
+    import zarr
+
+    zarr.open_group(str(tmp_path / "other"), mode="w").attrs["hello"] = 1
+    with pytest.raises(StoreError, match="format"):
+        Store.open(tmp_path / "other")
+
+
+# --- kd inspect ---------------------------------------------------------------------------------------
+
+
+def test_inspect_complete_store_json(tmp_path):
+    make_store(tmp_path / "s")
+    r = kd_inspect(tmp_path / "s", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["complete"] is True and rep["blocks"] == {"committed": 5, "total": 5}
+    assert rep["samples_written"] == 50
+    assert set(rep["arrays"]) == {"seed", "length", "logits", "committed"}
+    assert rep["arrays"]["logits"]["shape"] == [50, 32] and rep["arrays"]["logits"]["dtype"] == "float16"
+    assert rep["arrays"]["logits"]["chunks"] == [10, 32]
+    assert rep["bytes_on_disk"] > 0 and rep["bytes_per_sample_original_layout"] == 8 * 32 * 2 + 32 * 4
+    h = rep["length_histogram"]
+    assert sum(h["counts"]) == 50
+    t = rep["targets"]
+    assert t["targets_read"] == 50 and t["collapsed"] is False and t["distinct_argmax"] > 10
+    assert 0 < t["top1_mass"]["mean"] < 1 and t["entropy"]["max"] <= np.log(32) + 1e-3
+    assert rep["teacher"]["fingerprint"] == "abc"
+
+
+def test_inspect_warns_on_collapse(tmp_path):
+    make_store(tmp_path / "s", collapse=True)
+    rep = inspect_store(tmp_path / "s")
+    assert rep["targets"]["collapsed"] is True
+    assert rep["targets"]["top_argmax"][0][0] == 7 and rep["targets"]["top_argmax_share"] >= 0.85
+    r = kd_inspect(tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    assert "targets collapsed" in r.stdout and "token 7" in r.stdout
+
+
+def test_inspect_topk_all_positions(tmp_path):
+    lay = layout(logits="topk", positions="all", num_samples=20)
+    store = Store.create(tmp_path / "s", lay, {"name": "s"})
+    rng = np.random.default_rng(0)
+    for b in range(2):
+        logits = rng.normal(size=(10, 8, 32)).astype(np.float32)
+        idx = np.argsort(-logits, -1)[..., :4]
+        lse = np.log(np.exp(logits).sum(-1))
+        store.write_block(b, {"seed": np.zeros(10, np.int64), "length": np.full(10, 3, np.int32),
+                              "topk_values": np.take_along_axis(logits, idx, -1).astype(np.float16),
+                              "topk_indices": idx.astype(np.uint16), "logsumexp": lse.astype(np.float32)})
+    t = inspect_store(tmp_path / "s")["targets"]
+    assert t["targets_read"] == 20 * 3  # valid positions only
+
+
+def test_inspect_half_written_store(tmp_path):
+    make_store(tmp_path / "s", blocks=2)
+    rep = inspect_store(tmp_path / "s")
+    assert rep["complete"] is False and rep["blocks"] == {"committed": 2, "total": 5}
+    assert rep["samples_written"] == 20 and rep["targets"]["targets_read"] == 20
+    r = kd_inspect(tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    assert "incomplete" in r.stdout and "2/5" in r.stdout
+    empty = make_store(tmp_path / "e", blocks=0)
+    rep = inspect_store(empty.path)
+    assert rep["blocks"]["committed"] == 0 and rep["targets"]["targets_read"] == 0
+
+
+def corrupt(path: Path, how: str) -> None:
+    if how == "missing array metadata":
+        (path / "logits" / "zarr.json").unlink()
+    elif how == "garbage array metadata":
+        (path / "logits" / "zarr.json").write_text("{not json")
+    elif how == "garbage group metadata":
+        (path / "zarr.json").write_text("\x00\x01garbage")
+    elif how == "truncated committed chunk":
+        f = path / "committed" / "c" / "1"
+        f.write_bytes(f.read_bytes()[:3])
+
+
+@pytest.mark.parametrize("how", ["missing array metadata", "garbage array metadata", "garbage group metadata",
+                                 "truncated committed chunk"])
+def test_inspect_unreadable_store_is_a_clear_error(tmp_path, how):
+    make_store(tmp_path / "s")
+    corrupt(tmp_path / "s", how)
+    with pytest.raises(StoreError):
+        inspect_store(tmp_path / "s")
+    r = kd_inspect(tmp_path / "s")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "error:" in r.stderr and str(tmp_path / "s") in " ".join(r.stderr.split()).replace(" ", "") or "s" in r.stderr
+
+
+@pytest.mark.parametrize("array", ["logits", "length"])
+def test_inspect_truncated_chunk_is_reported(tmp_path, array):
+    make_store(tmp_path / "s")
+    chunk = next(p for p in sorted((tmp_path / "s" / array / "c").rglob("*")) if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    rep = inspect_store(tmp_path / "s")
+    assert any("block 0" in u for u in rep["targets"]["unreadable"] + rep.get("unreadable", []))
+    r = kd_inspect(tmp_path / "s")
+    assert r.returncode == 0 and "Traceback" not in r.stderr + r.stdout
+    assert "unreadable" in r.stdout
+
+
+def test_inspect_missing_store(tmp_path):
+    r = kd_inspect(tmp_path / "nope")
+    assert r.returncode == 1 and "not a LlamaKD store" in r.stderr and "Traceback" not in r.stderr

@@ -86,7 +86,13 @@ def inspect_store(path: str | Path) -> dict:
         arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
                         "codec": ", ".join(type(c).__name__ for c in (arr.compressors or ())) or "none"}
     done_rows = sum(layout.block_range(b)[1] - layout.block_range(b)[0] for b in np.flatnonzero(committed))
-    lengths = np.concatenate([store.read_block(int(b), ["length"])["length"] for b in np.flatnonzero(committed)]) if committed.any() else np.array([], dtype=np.int32)
+    parts, unreadable = [], [f"block {b}: commit flag unreadable (counted as not committed)" for b in store.unreadable_flags]
+    for b in np.flatnonzero(committed):
+        try:
+            parts.append(store.read_block(int(b), ["length"])["length"])
+        except Exception as e:  # a damaged chunk is reported, the rest still read
+            unreadable.append(f"block {b}: length: {type(e).__name__}: {e}")
+    lengths = np.concatenate(parts) if parts else np.array([], dtype=np.int32)
     disk = store.bytes_on_disk()
     hist_edges = np.linspace(0.5, layout.max_seq_len + 0.5, min(layout.max_seq_len, 16) + 1)
     hist, _ = np.histogram(lengths, bins=hist_edges)
@@ -111,6 +117,7 @@ def inspect_store(path: str | Path) -> dict:
         "length_histogram": {"edges": hist_edges.tolist(), "counts": hist.tolist(),
                              "mean": float(lengths.mean()) if len(lengths) else None},
         "targets": target_diagnostics(store),
+        "unreadable": unreadable,
     }
 
 
@@ -151,5 +158,5 @@ def print_report(r: dict, console) -> None:
         if d["collapsed"]:
             console.print(f"[bold red]warning: targets collapsed[/bold red] — token {d['top_argmax'][0][0]} is the teacher's "
                           f"argmax for {d['top_argmax_share']:.0%} of targets; a student will learn to predict one token")
-    for u in d.get("unreadable", []):
-        console.print(f"[red]unreadable[/red] {u}")
+    for u in r.get("unreadable", []) + d.get("unreadable", []):
+        console.print(f"[red]unreadable[/red] {u}", highlight=False)

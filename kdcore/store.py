@@ -88,6 +88,7 @@ class Store:
         self.attrs = dict(group.attrs)
         self.layout = Layout(**self.attrs["layout"])
         self._arrays = {}
+        self.unreadable_flags: list[int] = []  # blocks whose commit flag could not be read
 
     # --- opening ---
     @classmethod
@@ -105,17 +106,38 @@ class Store:
                 f"{path}: not a LlamaKD store of format {FORMAT_VERSION} (attrs: format_version="
                 f"{attrs.get('format_version')!r}); regenerate it or name a new dataset"
             )
-        store = cls(path, group)
-        missing = [n for n in store.layout.arrays() if n not in set(group.array_keys())]
-        if missing:
-            raise StoreError(f"{path}: arrays missing: {', '.join(missing)} (corrupt store)")
+        try:
+            store = cls(path, group)
+        except Exception as e:  # a layout that does not fit this version
+            raise StoreError(f"{path}: cannot read the store layout ({type(e).__name__}: {e})") from None
+        missing, broken = [], []
+        for name in store.layout.arrays():
+            if not (path / name / "zarr.json").exists():
+                missing.append(name)
+                continue
+            try:
+                store.array(name)
+            except Exception as e:  # unreadable array metadata
+                broken.append(f"{name} ({type(e).__name__}: {e})")
+        if missing or broken:
+            problems = ([f"arrays missing: {', '.join(missing)}"] if missing else []) + (
+                [f"array metadata unreadable: {'; '.join(broken)}"] if broken else [])
+            raise StoreError(f"{path}: corrupt store: {'; '.join(problems)}; regenerate it with --overwrite")
         return store
 
     @classmethod
     def create(cls, path: str | Path, layout: Layout, attrs: dict) -> "Store":
+        import os
+        import shutil
+
         zarr = _zarr()
         path = Path(path)
+        if path.exists():
+            raise StoreError(f"{path} already exists")
         path.parent.mkdir(parents=True, exist_ok=True)
+        # built under a temporary name and renamed: a run killed here leaves no half-made store behind
+        final, path = path, path.with_name(f".{path.name}.creating{os.getpid()}")
+        shutil.rmtree(path, ignore_errors=True)
         group = zarr.open_group(str(path), mode="w-")
         for name, (shape, chunks, dtype) in layout.arrays().items():
             group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
@@ -129,7 +151,8 @@ class Store:
                 "format_version": FORMAT_VERSION,
             }
         )
-        return cls.open(path, mode="r+")
+        os.replace(path, final)
+        return cls.open(final, mode="r+")
 
     def array(self, name: str):
         if name not in self._arrays:
@@ -138,7 +161,19 @@ class Store:
 
     # --- progress ---
     def committed(self) -> np.ndarray:
-        return np.asarray(self.array("committed")[:], dtype=bool)
+        """One flag per block. A flag that cannot be read (a write cut short) counts as not committed."""
+        flags = self.array("committed")
+        try:
+            return np.asarray(flags[:], dtype=bool)
+        except Exception:
+            out = np.zeros(self.layout.num_blocks, dtype=bool)
+            self.unreadable_flags = []
+            for b in range(self.layout.num_blocks):
+                try:
+                    out[b] = bool(flags[b])
+                except Exception:
+                    self.unreadable_flags.append(b)
+            return out
 
     def pending_blocks(self, rank: int = 0, world: int = 1) -> list[int]:
         done = self.committed()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -191,8 +193,6 @@ class Spec(Strict):
         return {"dataset": ds, "teacher": teacher}
 
 
-import re  # noqa: E402
-
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -257,8 +257,6 @@ def pydantic_problems(err: ValidationError, prefix: str = "", model: type[BaseMo
 
 def _model_at(model: type[BaseModel], loc: tuple):
     """The pydantic model class that owns the key at `loc`, following the spec's nesting."""
-    import typing
-
     current = model
     for part in loc:
         if isinstance(part, int) or current is None:
@@ -273,8 +271,6 @@ def _model_at(model: type[BaseModel], loc: tuple):
 
 
 def _first_model(ann):
-    import typing
-
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
     for arg in typing.get_args(ann):
@@ -346,6 +342,9 @@ def _cross_checks(data: dict) -> list[tuple[str, str]]:
         name = phase.get("dataset") if isinstance(phase, dict) else None
         if isinstance(name, str) and datasets and name not in datasets:
             problems.append((f"phases[{i}].dataset", f"no dataset '{name}'{did_you_mean(name, list(datasets))}"))
+        if i > 0 and isinstance(phase, dict) and phase.get("init", "default") != "default":
+            problems.append((f"phases[{i}].init", "re-initialising would discard what earlier phases learned; "
+                             "set init on phases[0] (later phases resume its weights)"))
     return problems
 
 

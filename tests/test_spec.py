@@ -155,6 +155,9 @@ CASES = [
     # across tables
     ("phase-names-undefined-dataset", put("phases.0.dataset", "nosie"),
      ["phases[0].dataset: no dataset 'nosie' — did you mean 'noise'?"]),
+    ("kaiming-on-a-later-phase", lambda spec, folder: spec["phases"].append(
+        dict(spec["phases"][0], init="kaiming")),
+     ["phases[1].init: re-initialising would discard what earlier phases learned"]),
     # enums
     ("positions-invalid", put("datasets.noise.positions", "first"),
      ["datasets.noise.positions: Input should be 'last' or 'all' (got 'first')"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -22,5 +21,5 @@ def bar(enabled: bool = True) -> Progress:
         TimeRemainingColumn(),
         console=console,
         disable=not enabled,
-        transient=not sys.stderr.isatty(),
+        transient=False,  # the final state stays in logs too
     )

@@ -115,6 +115,7 @@ class PhaseSpec(Strict):
     init: Literal["default", "kaiming"] = "default"
     seed: int = 0
     shuffle_chunks: int = Field(8, gt=0, description="chunks read into the shuffle buffer")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (read chunks, regenerate noise)")
     checkpoint_every: int = Field(50, gt=0, description="steps between checkpoints")
     losses: list[LossTerm] = Field(min_length=1)
 

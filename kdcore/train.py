@@ -305,7 +305,7 @@ class Trainer:
                 start = state["step_in_epoch"]
                 stop = min(len(plan), start + total - state["phase_step"])
                 steps = range(start, stop)
-                for k, batch in zip(steps, loader(torch.utils.data.Subset(batches, steps))):
+                for k, batch in zip(steps, loader(torch.utils.data.Subset(batches, steps), phase.workers)):
                     batch: Batch = batch.to(self.device)
                     mask = batch.inputs.mask() if positions == "all" else None
                     logits = model(batch.inputs, positions=positions)

@@ -411,3 +411,11 @@ def test_ddp_two_ranks_match_a_single_process(make_spec, tmp_path):
     assert moved > 100 * diff  # training moved the weights far more than the two runs differ
     # only rank 0 wrote metrics: each step once
     assert [r["step"] for r in records(ddp)] == list(range(1, 13))
+
+
+def test_loader_workers_regenerate_the_same_noise(make_spec):
+    # seed-mode noise is regenerated inside the DataLoader's worker processes: same weights as in-process
+    paths = [make_spec([phase("noise", epochs=2, workers=w)], name=f"w{w}") for w in (0, 2)]
+    for p in paths:
+        train(p)
+    assert same(*map(final_weights, paths))

@@ -128,30 +128,35 @@ def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite
     todo = sum(np.subtract(*reversed(layout.block_range(b))) for b in blocks)
     k = ds.topk if ds.logits == "topk" else None
 
-    def forward(indices: list[int]) -> dict[str, np.ndarray]:
-        inputs = sampler.sample(indices, ds.seed)
+    def forward(indices: list[int], inputs: Inputs) -> dict[str, np.ndarray]:
         logits = teacher.logits(inputs.to(teacher.device), ds.positions)
         targets = Targets.topk_of(logits, k) if k else Targets(logits=logits)
         return {"seed": np.array([sample_seed(ds.seed, i) for i in indices], dtype=np.int64),
                 **inputs_to_arrays(inputs, layout), **targets_to_arrays(targets)}
 
+    # (block, indices) of every teacher batch; a batch never spans two blocks
+    batches = [(b, list(range(s, min(s + ds.batch_size, layout.block_range(b)[1]))))
+               for b in blocks for s in range(*layout.block_range(b), ds.batch_size)]
     start, done, tokens = time.perf_counter(), 0, 0
-    with bar(progress and dist.is_main()) as pbar, ThreadPoolExecutor(1) as writer:
+    with bar(progress and dist.is_main()) as pbar, ThreadPoolExecutor(1) as sampling, ThreadPoolExecutor(1) as writer:
         task = pbar.add_task(f"generate {dataset}", total=todo, rate="")
-        pending = None
-        for b in blocks:
-            lo, hi = layout.block_range(b)
-            parts = []
-            for s in range(lo, hi, ds.batch_size):
-                part = forward(list(range(s, min(s + ds.batch_size, hi))))
-                parts.append(part)
-                done += len(part["length"])
-                tokens += int(part["length"].sum())
-                elapsed = time.perf_counter() - start
-                pbar.update(task, completed=done, rate=f"{done / elapsed:.1f} samples/s {tokens / elapsed:.0f} tok/s")
-            if pending is not None:
-                pending.result()  # one block in flight: bounded memory, errors surface
-            pending = writer.submit(store.write_block, b, concat(parts))
+        upcoming = sampling.submit(sampler.sample, batches[0][1], ds.seed) if batches else None
+        parts, pending = [], None
+        for i, (b, indices) in enumerate(batches):
+            inputs = upcoming.result()
+            if i + 1 < len(batches):  # the next batch is sampled while the teacher runs this one
+                upcoming = sampling.submit(sampler.sample, batches[i + 1][1], ds.seed)
+            part = forward(indices, inputs)
+            parts.append(part)
+            done += len(indices)
+            tokens += int(part["length"].sum())
+            elapsed = time.perf_counter() - start
+            pbar.update(task, completed=done, rate=f"{done / elapsed:.1f} samples/s {tokens / elapsed:.0f} tok/s")
+            if i + 1 == len(batches) or batches[i + 1][0] != b:  # block b is whole: write it
+                if pending is not None:
+                    pending.result()  # one block in flight: bounded memory, errors surface
+                pending = writer.submit(store.write_block, b, concat(parts))
+                parts = []
         if pending is not None:
             pending.result()
     elapsed = time.perf_counter() - start

@@ -62,6 +62,36 @@ class Builder:
             raise SpecError(self.spec.source, [(f"datasets.{dataset}.topk",
                             f"{ds.topk} is larger than the vocabulary ({self.teacher.vocab_size})")])
 
+    def check_phase(self, index: int, student) -> None:
+        """What only shows once dataset, student and losses meet: refused before any training step."""
+        phase = self.spec.phases[index]
+        ds = self.spec.datasets[phase.dataset]
+        problems = []
+        supported = tuple(getattr(student, "positions", ("last",)))
+        if ds.positions not in supported:
+            problems.append((f"datasets.{phase.dataset}.positions",
+                             f"'{ds.positions}' targets, but student '{self.spec.student.name}' predicts only "
+                             f"{', '.join(supported)}: use positions = 'last' or a student that predicts every position (llama)"))
+        if ds.logits == "topk":
+            for j, loss in enumerate(phase.losses):
+                if getattr(loss.params, "temperature", 1.0) != 1.0:
+                    problems.append((f"phases[{index}].losses[{j}].temperature",
+                                     "must be 1 with top-k targets (the tempered tail mass is not recoverable "
+                                     "from k values); use logits = 'dense' to distil at a temperature"))
+        if problems:
+            raise SpecError(self.spec.source, problems)
+
+    def check_eval(self) -> None:
+        """Never evaluate on text a student trained on."""
+        from kdcore.texts import resolve_text
+
+        evaluated = resolve_text(self.spec.eval.text, self.spec.base_dir).resolve()
+        for loc, ref in _all_refs(self.spec):
+            text = getattr(ref.params, "text", None) if ref.kind == "sampler" else None
+            if text and resolve_text(text, self.spec.base_dir).resolve() == evaluated:
+                raise SpecError(self.spec.source, [("eval.text", f"{self.spec.eval.text} is also training text ({loc}.text): "
+                                                    "evaluate on text the student never saw")])
+
     def student(self, max_seq_len: int):
         return self._make(self.spec.student, self.context(max_seq_len), "student")
 

@@ -27,6 +27,10 @@ SpecArg = typer.Argument(..., help="experiment spec (TOML)", show_default=False)
 def main() -> None:
     try:
         app()
+    except SystemExit as e:
+        if e.code == 2:  # a usage mistake (missing argument, unknown option) is a user mistake: exit 1
+            raise SystemExit(1) from None
+        raise
     except KDError as e:
         # the message quotes the user's keys and values: print them as they are, never as markup
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
@@ -45,7 +49,7 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
     s = _spec(spec)  # before the heavy imports below: most mistakes are reported at once
 
     from kdcore.build import Builder
-    from kdcore.train import count_parameters
+    from kdcore.train import count_parameters, student_seq_len
 
     builder = Builder(s)
     builder.teacher  # every check below needs the teacher's vocabulary and positions
@@ -57,12 +61,14 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
         except SpecError as e:
             problems.extend(e.problems)
 
-    first = s.datasets[s.phases[0].dataset]
-    student = check(lambda: builder.student(first.max_seq_len))
+    student = check(lambda: builder.student(student_seq_len(s)))  # the length training builds it with
     for name in s.datasets:
         check(lambda: builder.sampler(name))
     for i in range(len(s.phases)):
         check(lambda: builder.losses(i))
+        if student is not None:
+            check(lambda: builder.check_phase(i, student))
+    check(builder.check_eval)
     if problems:
         raise SpecError(s.source, list(dict.fromkeys(problems)))
     info = {"spec": s.resolved(), "teacher_vocab": builder.teacher.vocab_size,

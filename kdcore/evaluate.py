@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from kdcore.build import Builder
 from kdcore.components import Inputs
-from kdcore.errors import KDError
+from kdcore.errors import KDError, SpecError
 from kdcore.spec import Spec, spec_hash
 from kdcore.texts import read_text
 
@@ -122,13 +123,19 @@ def evaluate(spec: Spec, builder: Builder | None = None, student=None, untrained
             raise KDError(f"no trained student for {spec.source} in {spec.run_path}; run `kd train {spec.source}` first")
         student = load_reverted(spec.run_path / "reverted")
     seq_len = seq_len or trainer.seq_len
-    untrained = untrained or trainer.build_student().revert()
+    builder.check_eval()
+    fresh = trainer.build_student()
+    untrained = untrained or fresh.revert()
     teacher = builder.teacher
     tok = teacher.tokenizer()
     ev = spec.eval
+    supported = tuple(getattr(fresh, "positions", ("last",)))
     positions = ev.positions or spec.datasets[spec.phases[-1].dataset].positions
-    if positions == "all" and "all" not in getattr(trainer.build_student(), "positions", ("last",)):
-        positions = "last"
+    if positions not in supported:
+        if ev.positions:
+            raise SpecError(spec.source, [("eval.positions", f"student '{spec.student.name}' predicts only "
+                                           f"{', '.join(supported)}")])
+        positions = "last"  # what a fixed-length student predicts; the report says which was used
 
     tokens = tok.encode(read_text(ev.text, spec.base_dir))
     windows, nexts = text_windows(tokens, seq_len, ev.windows)
@@ -175,6 +182,12 @@ def evaluate(spec: Spec, builder: Builder | None = None, student=None, untrained
         "identity_hash": eval_identity(spec, trainer),
     }
     write_report(spec, report)
+    from kdcore.metrics import MetricsLog
+
+    MetricsLog(spec.run_path / "metrics.jsonl", spec.registry).write("eval", {
+        "text": ev.text, "positions": positions, "windows": len(windows),
+        **{f"{name}_{m}": res[m] for name, res in report["results"].items() for m in METRICS},
+    })
     return report
 
 
@@ -197,6 +210,9 @@ def write_report(spec: Spec, report: dict) -> None:
     if any("agreement_by_position" in r for r in rows):
         plot_by_position({r["label"]: r["agreement_by_position"] for r in rows if "agreement_by_position" in r},
                          out / "agreement_by_position.png", f"{spec.name}: agreement by position")
+    curves = spec.run_path / "training.png"
+    if curves.exists():  # the report folder holds every figure of the run
+        shutil.copyfile(curves, out / "training.png")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))
 

@@ -70,6 +70,7 @@ def kd_register_losses(register: Any) -> None:
 def kd_on_metrics(stage: str, record: dict) -> None:
     """Called with every metrics record a stage writes (a training step or epoch, an evaluation).
 
-    `stage` is "generate", "train" or "eval"; `record` is the JSON-able dict written to
+    `stage` is "generate" (once per dataset), "train" (every step), "train_epoch" (every epoch end)
+    or "eval" (the summary of an evaluation); `record` is the JSON-able dict written to
     `runs/<experiment>/metrics.jsonl`. Use it for loggers (wandb, tensorboard); do not mutate it.
     """

@@ -276,6 +276,7 @@ class Trainer:
         if phase.max_steps is not None:
             total = min(total, phase.max_steps)
         losses = self.builder.losses(p)
+        self.builder.check_phase(p, student)
         optimizer = make_optimizer(phase, student.parameters())
         scheduler = make_scheduler(phase, optimizer, total)
         if ckpt is None:

@@ -113,3 +113,11 @@ def test_experiment_spec_validates(path):
         return
     assert code == 0, output
     assert f"{path}: valid" in " ".join(output.split())
+
+
+@pytest.mark.parametrize("args", [["validate"], ["validat", "x.toml"], ["run", "x.toml", "--bogus"]],
+                         ids=["missing-argument", "unknown-command", "unknown-option"])
+def test_usage_mistakes_exit_1_with_a_message(args):
+    code, output = kd(*args)
+    assert code == 1
+    assert "Usage:" in output and "Traceback" not in output

@@ -96,6 +96,12 @@ def test_run_writes_a_report_with_baselines_and_compare_reads_it(tiny_spec, writ
     for f in ("report.md", "metrics.png"):
         assert (tmp_path / "runs" / "tiny" / "eval" / f).exists()
     assert (tmp_path / "runs" / "tiny" / "training.png").exists()
+    assert (tmp_path / "runs" / "tiny" / "eval" / "training.png").exists()
+    # the evaluation summary goes through the metrics log (and so to kd_on_metrics plugins)
+    records = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["stage"] == "eval"]
+    assert len(evals) == 1
+    assert evals[0]["student_top1_agreement"] == report["results"]["student"]["top1_agreement"]
     # a second run redoes nothing: the report stays byte-identical
     before = (tmp_path / "runs" / "tiny" / "eval" / "report.json").read_bytes()
     again = _kd("run", str(path))

@@ -325,3 +325,32 @@ def test_valid_spec_resolves_defaults_and_counts_parameters(bad_spec):
     assert noise["sampler"]["sampler"] == {"name": "uniform", "low": -10.0, "high": 10.0}
     kl = {"name": "kl", "temperature": 1.0, "direction": "forward", "weight": 1.0}
     assert info["spec"]["phases"][0]["losses"] == [kl]
+
+
+def _validate(write_spec, data):
+    code, output = kd("validate", write_spec(data))
+    return code, " ".join(output.split())
+
+
+def test_fixed_length_student_on_all_positions_is_refused_at_validate(tiny_spec, write_spec):
+    tiny_spec["student"] = {"name": "crossbaby", "word_embed": 4}
+    tiny_spec["datasets"]["noise"]["positions"] = "all"
+    code, output = _validate(write_spec, tiny_spec)
+    assert code == 1
+    assert "datasets.noise.positions: 'all' targets, but student 'crossbaby' predicts only last" in output
+
+
+def test_temperature_with_topk_targets_is_refused_at_validate(tiny_spec, write_spec):
+    tiny_spec["datasets"]["noise"]["logits"] = "topk"
+    tiny_spec["datasets"]["noise"]["topk"] = 8
+    tiny_spec["phases"][0]["losses"] = [{"name": "kl", "temperature": 2.0}]
+    code, output = _validate(write_spec, tiny_spec)
+    assert code == 1
+    assert "phases[0].losses[0].temperature: must be 1 with top-k targets" in output
+
+
+def test_evaluating_on_the_training_text_is_refused(tiny_spec, write_spec):
+    tiny_spec["datasets"]["noise"]["sampler"] = {"name": "text-windows", "text": "builtin:eval.txt"}
+    code, output = _validate(write_spec, tiny_spec)
+    assert code == 1
+    assert "eval.text: builtin:eval.txt is also training text (datasets.noise.sampler.text)" in output

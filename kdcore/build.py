@@ -37,9 +37,24 @@ class Builder:
         ctx = BuildContext(vocab_size=0, max_seq_len=0, base_dir=self.spec.base_dir)
         return self._make(self.spec.teacher, ctx, "teacher")
 
+    @cached_property
+    def vocab_size(self) -> int:
+        """From a store this spec already generated (no teacher load, e.g. for `kd train`), else the teacher's."""
+        from kdcore.errors import StoreError
+        from kdcore.store import Store
+
+        for name in self.spec.datasets:
+            path = self.spec.store_path(name)
+            if (path / "zarr.json").exists():
+                try:
+                    return Store.open(path).layout.vocab_size
+                except StoreError:
+                    continue
+        return self.teacher.vocab_size
+
     def context(self, max_seq_len: int) -> BuildContext:
         ctx = BuildContext(
-            vocab_size=self.teacher.vocab_size,
+            vocab_size=self.vocab_size,
             max_seq_len=max_seq_len,
             base_dir=self.spec.base_dir,
             teacher=lambda: self.teacher,
@@ -47,9 +62,10 @@ class Builder:
         ctx.build = lambda kind, ref: self._make(ref, ctx)
         return ctx
 
-    def sampler(self, dataset: str):
+    def sampler(self, dataset: str, check: bool = True):
         ds = self.spec.datasets[dataset]
-        self.check_dataset(dataset)
+        if check:  # against the teacher's limits (generation); training rebuilds from a checked store
+            self.check_dataset(dataset)
         return self._make(ds.sampler, self.context(ds.max_seq_len), f"datasets.{dataset}.sampler")
 
     def check_dataset(self, dataset: str) -> None:

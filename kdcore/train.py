@@ -291,7 +291,7 @@ class Trainer:
             stats = EpochStats.from_state(state.get("epoch_stats"))
 
         soft_seed = store.layout.produces == "soft" and store.layout.inputs == "seed"
-        make_sampler = (lambda: self.builder.sampler(phase.dataset)) if soft_seed else None
+        make_sampler = (lambda: self.builder.sampler(phase.dataset, check=False)) if soft_seed else None
         positions = ds.positions
         label = phase.name or f"phase {p} ({phase.dataset})"
         delay = float(os.environ.get("KD_STEP_DELAY", "0"))

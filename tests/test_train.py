@@ -419,3 +419,18 @@ def test_loader_workers_regenerate_the_same_noise(make_spec):
     for p in paths:
         train(p)
     assert same(*map(final_weights, paths))
+
+
+def test_training_from_a_store_does_not_load_the_teacher(make_spec):
+    # the store knows the vocabulary; a 7B teacher would be loaded for nothing (on every DDP rank)
+    from kdcore.build import Builder
+
+    class NoTeacher(Builder):
+        @property
+        def teacher(self):
+            raise AssertionError("the teacher was loaded during training")
+
+    path = make_spec([phase("noise", epochs=1), phase("ids", epochs=1)], name="noteacher")
+    spec = load_spec(path)
+    Trainer(spec, NoTeacher(spec), progress=False).train()
+    assert (spec.run_path / "student" / "float_student.safetensors").exists()

@@ -54,6 +54,11 @@ def check_matches(store: Store, attrs: dict) -> list[str]:
     if store.attrs.get("identity_hash") != attrs["identity_hash"]:
         problems += describe_difference(store.attrs.get("identity", {}), attrs["identity"])
         problems = problems or ["its recorded spec differs"]
+    old_device = store.attrs.get("teacher", {}).get("device")
+    if attrs["sampler"]["deterministic"] == "device" and old_device != attrs["teacher"]["device"]:
+        # its samples depend on the teacher's numerics: mixing devices would mix two datasets
+        problems.append(f"teacher device: {old_device} -> {attrs['teacher']['device']} "
+                        f"(sampler '{attrs['sampler']['name']}' is deterministic per device)")
     old_fp = store.attrs.get("teacher", {}).get("fingerprint")
     if old_fp != attrs["teacher"]["fingerprint"]:
         problems.append(f"teacher fingerprint: {old_fp} -> {attrs['teacher']['fingerprint']}")
@@ -62,34 +67,42 @@ def check_matches(store: Store, attrs: dict) -> list[str]:
 
 def open_or_create(spec: Spec, dataset: str, attrs: dict, layout: Layout, overwrite: bool) -> Store:
     path = spec.store_path(dataset)
+    error = None
     if dist.is_main():
-        error = None
-        if path.exists():
-            try:
-                store = Store.open(path, mode="r")
-                problems = check_matches(store, attrs)
-            except StoreError as e:
-                problems = [str(e)]
-            if problems and not overwrite:
-                error = (
-                    f"{path} holds a different dataset than {spec.source} datasets.{dataset} would generate:\n  "
-                    + "\n  ".join(problems)
-                    + f"\nNothing was changed. Name a new dataset, or pass --overwrite to regenerate {path}."
-                )
-            elif problems:
-                shutil.rmtree(path)
-        if error is None and not path.exists():
-            Store.create(path, layout, attrs)
-        error = dist.broadcast_object(error)
-    else:
-        error = dist.broadcast_object(None)
+        try:
+            error = _prepare(path, spec, dataset, attrs, layout, overwrite)
+        except Exception as e:  # every rank must hear of it, or the others wait forever
+            error = f"{path}: {type(e).__name__}: {e}"
+    error = dist.broadcast_object(error)
     if error:
         raise StoreError(error)
     dist.barrier()
     return Store.open(path, mode="r+")
 
 
+def _prepare(path, spec: Spec, dataset: str, attrs: dict, layout: Layout, overwrite: bool) -> str | None:
+    """Rank 0: check an existing store against the spec, or create it. Returns an error message."""
+    if path.exists():
+        try:
+            problems = check_matches(Store.open(path, mode="r"), attrs)
+        except StoreError as e:
+            problems = [str(e)]
+        if problems and not overwrite:
+            return (f"{path} holds a different dataset than {spec.source} datasets.{dataset} would generate:\n  "
+                    + "\n  ".join(problems)
+                    + f"\nNothing was changed. Name a new dataset, or pass --overwrite to regenerate {path}.")
+        if problems:
+            shutil.rmtree(path)
+    if not path.exists():
+        Store.create(path, layout, attrs)
+    return None
+
+
 def targets_to_arrays(targets: Targets) -> dict[str, np.ndarray]:
+    """Stored as float16 (values) and float32 (logsumexp); logits past float16's range are refused."""
+    values = targets.values if targets.is_topk else targets.logits
+    if values.abs().max() > 65504:
+        raise StoreError(f"teacher logits reach {values.abs().max().item():.4g}, past float16's range (65504)")
     if targets.is_topk:
         return {
             "topk_values": targets.values.half().cpu().numpy(),

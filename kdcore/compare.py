@@ -19,17 +19,25 @@ def load_report(ref: Path) -> dict:
     path = ref / "eval" / "report.json" if ref.is_dir() else ref
     if not path.exists():
         raise KDError(f"{ref}: no evaluation report ({path}); run `kd eval` on its spec first")
-    return json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+        report["results"]["student"], report["teacher"]["perplexity"]  # noqa: B018 (the keys read below)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise KDError(f"{path}: not a readable evaluation report ({type(e).__name__}: {e}); re-run `kd eval`") from None
+    return report
 
 
 def compare_rows(reports: list[dict]) -> list[dict]:
     """One row per run's student, then the baselines of the first run, then the teacher."""
-    texts = {r["text"] for r in reports}
-    if len(texts) > 1:
-        raise KDError(f"runs were evaluated on different texts ({', '.join(sorted(texts))}); compare like with like")
+    for key in ("text", "windows", "seq_len", "positions"):
+        seen = {str(r.get(key)) for r in reports}
+        if len(seen) > 1:
+            raise KDError(f"runs were evaluated with different {key} ({', '.join(sorted(seen))}); compare like with like")
     rows = [{"label": r["experiment"], **r["results"]["student"]} for r in reports]
     base = reports[0]
-    rows += [{"label": name, **base["results"][name]} for name in ("untrained", "unigram")]
+    # baselines of the first run (its student architecture, for the untrained one)
+    rows += [{"label": name if len(reports) == 1 else f"{name} ({base['experiment']})", **base["results"][name]}
+             for name in ("untrained", "unigram")]
     rows.append({"label": "teacher", "top1_agreement": 1.0, "top5_overlap": 1.0, "kl_teacher_student": 0.0,
                  "perplexity": base["teacher"]["perplexity"], "distinct_predicted": base["teacher"]["distinct_predicted"]})
     return rows

@@ -76,7 +76,9 @@ class StoreBatches(torch.utils.data.Dataset):
 
     def _block(self, b: int) -> dict:
         """Every array but `seed`/`committed` of block b, read whole (one chunk each) and cached."""
-        if b not in self._cache:
+        if b in self._cache:
+            self._cache.move_to_end(b)  # least recently used goes first
+        else:
             names = [n for n in self.store.layout.arrays() if n not in ("committed", "seed")]
             self._cache[b] = self.store.read_block(b, names)
             while len(self._cache) > self.cache_blocks:

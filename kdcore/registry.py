@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -105,7 +106,7 @@ def import_plugin_module(path: str, base_dir: Path | None = None):
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except (ImportError, SyntaxError) as e:
+        except Exception as e:  # the plugin's own code failed: say where, keep no half-loaded module
             del sys.modules[name]
             raise KDError(f"cannot import plugin file {file}: {_import_problem(e)}") from None
         return module
@@ -114,14 +115,17 @@ def import_plugin_module(path: str, base_dir: Path | None = None):
         sys.path.insert(0, str(base_dir))
     try:
         return importlib.import_module(path)
-    except (ImportError, SyntaxError) as e:
+    except Exception as e:
         raise KDError(f"cannot import plugin module '{path}': {_import_problem(e)}") from None
 
 
 def _import_problem(e: Exception) -> str:
     if isinstance(e, SyntaxError):
         return f"{e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
-    return str(e)
+    if isinstance(e, ImportError):
+        return str(e)
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{type(e).__name__}: {e} ({Path(frame.filename).name}, line {frame.lineno})"
 
 
 def load_registry(

@@ -133,6 +133,13 @@ class EvalSpec(Strict):
         ]
     )
     max_new_tokens: int = Field(12, ge=0)
+
+    @model_validator(mode="after")
+    def _prompts_not_empty(self):
+        for i, prompt in enumerate(self.prompts):
+            if not prompt.strip():
+                raise PointedError(f"eval.prompts[{i}]", "an empty prompt gives the models nothing to continue")
+        return self
     chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
 
 

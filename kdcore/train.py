@@ -307,7 +307,7 @@ class Trainer:
                 plan = epoch_plan(N, store.layout.block_rows, phase.batch_size, phase.shuffle_chunks,
                                   phase.seed, state["epoch"])
                 batches = StoreBatches(store.path, plan, self.seq_len, make_sampler, ds.seed,
-                                       dist.rank(), dist.world())
+                                       dist.rank(), dist.world(), cache_blocks=2 * phase.shuffle_chunks)
                 start = state["step_in_epoch"]
                 stop = min(len(plan), start + total - state["phase_step"])
                 steps = range(start, stop)

@@ -108,6 +108,7 @@ class LengthMix:
         self.inner = ctx.build("sampler", params.sampler)
         self.produces = self.inner.produces
         self.deterministic = self.inner.deterministic
+        self.runs_teacher = getattr(self.inner, "runs_teacher", False)
 
     def lengths(self, indices, seed) -> torch.Tensor:
         out = []
@@ -204,6 +205,7 @@ class TeacherGenerated:
 
     produces = "ids"
     deterministic = "device"
+    runs_teacher = True  # regenerating a sample costs teacher forwards
 
     def __init__(self, params: TeacherGeneratedParams, ctx: BuildContext):
         self.p, self.S, self.V = params, ctx.max_seq_len, ctx.vocab_size
@@ -266,6 +268,7 @@ class Mix:
         w = torch.tensor(params.weights or [1.0] * len(self.children), dtype=torch.float64)
         self.cdf = (w / w.sum()).cumsum(0)
         self.produces = "ids" if all(c.produces == "ids" for c in self.children) else "soft"
+        self.runs_teacher = any(getattr(c, "runs_teacher", False) for c in self.children)
         self.deterministic = "device" if any(c.deterministic == "device" for c in self.children) else "pure"
 
     def choice(self, seed: int, index: int) -> int:

@@ -116,8 +116,13 @@ def test_run_writes_a_report_with_baselines_and_compare_reads_it(tiny_spec, writ
     result = _kd("compare", str(tmp_path / "runs" / "tiny"), str(tmp_path / "runs" / "tiny2"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "compare.json").read_text())
-    assert [r["label"] for r in rows] == ["tiny", "tiny2", "untrained", "unigram", "teacher"]
+    assert [r["label"] for r in rows] == ["tiny", "tiny2", "untrained (tiny)", "unigram (tiny)", "teacher"]
     assert (out / "compare.png").exists()
+    # a damaged report is a clear error, not a traceback
+    (tmp_path / "runs" / "tiny2" / "eval" / "report.json").write_text("{")
+    result = _kd("compare", str(tmp_path / "runs" / "tiny"), str(tmp_path / "runs" / "tiny2"))
+    assert result.returncode == 1 and "not a readable evaluation report" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_eval_without_a_trained_student_is_a_clear_error(tiny_spec, write_spec):

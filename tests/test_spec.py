@@ -183,6 +183,8 @@ CASES = [
      ["plugins: cannot import plugin module 'no_such_kd_plugin'"]),
     ("plugin-file-missing", put("plugins", ["missing_plugin.py"]),
      ["plugins: plugin file not found", "missing_plugin.py"]),
+    ("plugin-file-raises-on-import", plugin_file("raising_plugin.py", "x = 1\nundefined_name + 1\n"),
+     ["cannot import plugin file", "NameError: name 'undefined_name' is not defined (raising_plugin.py, line 2)"]),
     ("plugin-file-syntax-error", plugin_file("broken_plugin.py", "def f(:\n"),
      ["plugins: cannot import plugin file", "broken_plugin.py", "line 1"]),
     ("plugin-misspelled-hook", plugin_file("typo_plugin.py", "from kdcore.hookspecs import hookimpl\n\n@hookimpl\n"
@@ -354,3 +356,14 @@ def test_evaluating_on_the_training_text_is_refused(tiny_spec, write_spec):
     code, output = _validate(write_spec, tiny_spec)
     assert code == 1
     assert "eval.text: builtin:eval.txt is also training text (datasets.noise.sampler.text)" in output
+
+
+def test_seed_inputs_that_would_rerun_the_teacher_are_refused(tiny_spec, write_spec):
+    tiny_spec["datasets"]["noise"]["sampler"] = {
+        "name": "mix", "samplers": [{"name": "teacher-generated"}, {"name": "uniform"}]}
+    code, output = _validate(write_spec, tiny_spec)
+    assert code == 1
+    assert "datasets.noise.inputs: 'seed' would re-run the teacher's generation" in output
+    tiny_spec["datasets"]["noise"]["inputs"] = "dense"
+    code, output = _validate(write_spec, tiny_spec)
+    assert code == 0, output

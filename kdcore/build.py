@@ -6,14 +6,14 @@ from functools import cached_property
 
 from kdcore.components import BuildContext
 from kdcore.errors import KDError, SpecError
-from kdcore.spec import ComponentRef, Spec
+from kdcore.spec import ComponentRef, Spec, all_refs
 
 
 class Builder:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.registry = spec.registry
-        self._locs = {id(ref): loc for loc, ref in _all_refs(spec)}  # where each component sits in the spec
+        self._locs = {id(ref): loc for loc, ref in all_refs(spec)}  # where each component sits in the spec
 
     def _make(self, ref: ComponentRef, ctx: BuildContext, loc: str | None = None):
         loc = self._locs.get(id(ref), loc or ref.kind)
@@ -107,7 +107,7 @@ class Builder:
         from kdcore.texts import resolve_text
 
         evaluated = resolve_text(self.spec.eval.text, self.spec.base_dir).resolve()
-        for loc, ref in _all_refs(self.spec):
+        for loc, ref in all_refs(self.spec):
             text = getattr(ref.params, "text", None) if ref.kind == "sampler" else None
             if text and resolve_text(text, self.spec.base_dir).resolve() == evaluated:
                 raise SpecError(self.spec.source, [("eval.text", f"{self.spec.eval.text} is also training text ({loc}.text): "
@@ -124,22 +124,3 @@ class Builder:
             for j, loss in enumerate(phase.losses)
         ]
 
-
-def _all_refs(spec: Spec):
-    """Every component reference in the spec with its key path, nested ones included."""
-    from kdcore.spec import _top_refs
-
-    def walk(loc, ref):
-        yield loc, ref
-        params = ref._params
-        for field in type(params).model_fields if params is not None else ():
-            value = getattr(params, field)
-            if isinstance(value, ComponentRef):
-                yield from walk(f"{loc}.{field}", value)
-            elif isinstance(value, list):
-                for i, child in enumerate(value):
-                    if isinstance(child, ComponentRef):
-                        yield from walk(f"{loc}.{field}[{i}]", child)
-
-    for loc, ref in _top_refs(spec):
-        yield from walk(loc, ref)

@@ -397,11 +397,31 @@ def bind_component(registry, loc: str, ref: ComponentRef) -> list[tuple[str, str
     except ValidationError as e:
         return pydantic_problems(e, prefix=loc, model=comp.params)
     problems = []
-    for field in type(ref._params).model_fields:
-        value = getattr(ref._params, field)
-        children = value if isinstance(value, list) else [value]
-        for i, child in enumerate(children):
-            if isinstance(child, ComponentRef):
-                sub = f"{loc}.{field}[{i}]" if isinstance(value, list) else f"{loc}.{field}"
-                problems.extend(bind_component(registry, sub, child))
+    for key, child in child_refs(ref):
+        problems.extend(bind_component(registry, f"{loc}.{key}", child))
     return problems
+
+
+def child_refs(ref: ComponentRef):
+    """(key, component) for the components nested in `ref`'s parameters: "sampler", "samplers[1]"."""
+    params = ref._params
+    for field in type(params).model_fields if params is not None else ():
+        value = getattr(params, field)
+        if isinstance(value, ComponentRef):
+            yield field, value
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, ComponentRef):
+                    yield f"{field}[{i}]", item
+
+
+def all_refs(spec: Spec):
+    """Every component reference in the spec with its key path, nested ones included."""
+
+    def walk(loc, ref):
+        yield loc, ref
+        for key, child in child_refs(ref):
+            yield from walk(f"{loc}.{key}", child)
+
+    for loc, ref in _top_refs(spec):
+        yield from walk(loc, ref)

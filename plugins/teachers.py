@@ -99,6 +99,11 @@ class ByteTokenizer:
         return self.encode(prompt)
 
 
+# architectures whose logits are exactly lm_head(decoder output): for "last" targets only one position
+# per sample goes through the (vocab-sized) head; any other model runs its own forward
+PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo", "olmo2"}
+
+
 # --- the wrapper ----------------------------------------------------------------------------------
 
 
@@ -148,11 +153,10 @@ class HFTeacher:
     def logits(self, inputs: Inputs, positions: str = "last") -> torch.Tensor:
         embeds = self.embed(inputs)
         mask = inputs.mask().to(embeds.device)
-        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
-        if decoder is None:  # generic fallback: full forward
+        if self.model.config.model_type not in PLAIN_HEAD:  # the model's own forward (soft-capping, logit scales)
             out = self.model(inputs_embeds=embeds, attention_mask=mask.long()).logits
             return _pick(out.float(), inputs.lengths, positions)
-        hidden = decoder(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        hidden = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
         if positions == "last":  # only the last valid position goes through the LM head
             last = (inputs.lengths.to(hidden.device) - 1).clamp(min=0)
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

@@ -310,3 +310,22 @@ def test_smollm2_batched_equals_per_sample(smollm2_teacher, noise):
         one = Inputs(lengths=lengths[i : i + 1], soft=soft[i : i + 1, :n])
         assert (t.logits(one, "last")[0] - last[i]).abs().max().item() <= tol
         assert (t.logits(one, "all")[0] - full[i, :n]).abs().max().item() <= tol
+
+
+def test_hf_causal_lm_beyond_llama_uses_the_models_own_forward(tmp_path):
+    """A non-Llama architecture (GPT-2 here) goes through its own forward: the same logits as
+    transformers gives for the ids, and one-hot rows equal ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    model.save_pretrained(tmp_path / "gpt2")
+    teacher = hf_causal_lm(HFParams(path=str(tmp_path / "gpt2")), BuildContext(0, 0, base_dir=tmp_path))
+    ids = torch.randint(0, 64, (3, 7))
+    inputs = Inputs(torch.full((3,), 7), ids=ids)
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids).logits
+    assert torch.allclose(teacher.logits(inputs, "all"), expected, atol=1e-5)
+    assert torch.allclose(teacher.logits(inputs, "last"), expected[:, -1], atol=1e-5)
+    soft = Inputs(inputs.lengths, soft=inputs.as_soft(64))
+    assert (teacher.logits(soft, "all") - teacher.logits(inputs, "all")).abs().max() <= 1e-5

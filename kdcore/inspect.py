@@ -124,7 +124,7 @@ def inspect_store(path: str | Path) -> dict:
 def print_report(r: dict, console) -> None:
     from rich.table import Table
 
-    status = "[green]complete[/green]" if r["complete"] else f"[yellow]incomplete[/yellow] (resume with `kd generate`)"
+    status = "[green]complete[/green]" if r["complete"] else "[yellow]incomplete[/yellow] (resume with `kd generate`)"
     console.print(f"[bold]{r['path']}[/bold] — dataset '{r['name']}' of experiment '{r['experiment']}', {status}, "
                   f"blocks {r['blocks']['committed']}/{r['blocks']['total']}, created {r['created']}")
     t = r["teacher"] or {}

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator

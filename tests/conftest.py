@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import tomli_w
@@ -63,3 +67,17 @@ def _isolated_cache(monkeypatch):
     # converted teachers are shared across tests (and runs) through KD_CACHE
     if "KD_CACHE" not in os.environ:
         monkeypatch.setenv("KD_CACHE", str(Path.home() / ".cache" / "llamakd"))
+
+
+def kd_in_process(*args) -> tuple[int, str]:
+    """Run the `kd` command line in this process, as the console script does: (exit code, output)."""
+    from kdcore.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with mock.patch.object(sys, "argv", ["kd", *map(str, args)]), redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code or 0
+    return code, stdout.getvalue() + stderr.getvalue()

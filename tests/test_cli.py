@@ -6,11 +6,11 @@ import io
 import json
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from unittest import mock
 
 import pytest
+
+from conftest import kd_in_process as kd
 from rich.console import Console
 
 from kdcore import cli
@@ -22,16 +22,6 @@ EXPERIMENTS = sorted((REPO / "experiments").rglob("*.toml"))
 HEAVY = ("transformers", "zarr", "torch")
 
 
-def kd(*args) -> tuple[int, str]:
-    """Run the `kd` command line in this process, as the console script does: (exit code, output)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    with mock.patch.object(sys, "argv", ["kd", *map(str, args)]), redirect_stdout(stdout), redirect_stderr(stderr):
-        try:
-            cli.main()
-        except SystemExit as e:
-            code = e.code or 0
-    return code, stdout.getvalue() + stderr.getvalue()
 
 
 def test_kd_help_in_a_subprocess():

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdcore import hookspecs
 from kdcore.build import Builder
-from kdcore.components import Inputs, Targets, generator
+from kdcore.components import Inputs, Targets
 from kdcore.errors import KDError, SpecError
 from kdcore.hookspecs import hookimpl
 from kdcore.metrics import MetricsLog, read_metrics

@@ -3,18 +3,16 @@ samples deterministically and generates a store."""
 
 from __future__ import annotations
 
-import io
 import re
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from unittest import mock
 
 import pytest
+
+from conftest import kd_in_process as kd
 import torch
 
 from kdcore.build import Builder
-from kdcore.cli import main
 from kdcore.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,16 +31,6 @@ def fenced(markdown: str, lang: str) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```", markdown, flags=re.S | re.M)
 
 
-def kd(*args) -> tuple[int, str]:
-    """Run the `kd` command line in this process, as the console script does: (exit code, output)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    with mock.patch.object(sys, "argv", ["kd", *map(str, args)]), redirect_stdout(stdout), redirect_stderr(stderr):
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code or 0
-    return code, stdout.getvalue() + stderr.getvalue()
 
 
 @pytest.fixture(params=[example_source()], ids=lambda p: str(p.relative_to(REPO)))

@@ -6,29 +6,17 @@ way a user meets it. Cases that need the teacher (vocabulary, positions) use the
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from unittest import mock
 
 import pytest
+
+from conftest import kd_in_process as kd
 import tomli_w
 
-from kdcore.cli import main
 
 
-def kd(*args) -> tuple[int, str]:
-    """Run the `kd` command line in this process, as the console script does: (exit code, output)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    with mock.patch.object(sys, "argv", ["kd", *map(str, args)]), redirect_stdout(stdout), redirect_stderr(stderr):
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code or 0
-    return code, stdout.getvalue() + stderr.getvalue()
 
 
 # --- editing the tiny spec --------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_inspect_unreadable_store_is_a_clear_error(tmp_path, how):
 
 
 def test_truncated_commit_flag_counts_as_uncommitted(tmp_path):
-    store = make_store(tmp_path / "s", blocks=3)
+    make_store(tmp_path / "s", blocks=3)
     f = tmp_path / "s" / "committed" / "c" / "1"
     f.write_bytes(f.read_bytes()[:3])  # a kill while the flag was written
     again = Store.open(tmp_path / "s")

@@ -39,17 +39,22 @@ class Builder:
 
     @cached_property
     def vocab_size(self) -> int:
-        """From a store this spec already generated (no teacher load, e.g. for `kd train`), else the teacher's."""
+        """From a store generated for this very spec (no teacher load, e.g. for `kd train`), else the teacher's."""
         from kdcore.errors import StoreError
+        from kdcore.spec import spec_hash
         from kdcore.store import Store
 
         for name in self.spec.datasets:
             path = self.spec.store_path(name)
-            if (path / "zarr.json").exists():
-                try:
-                    return Store.open(path).layout.vocab_size
-                except StoreError:
-                    continue
+            if not (path / "zarr.json").exists():
+                continue
+            try:
+                store = Store.open(path)
+            except StoreError:
+                continue
+            # a store of the same name made by another spec says nothing about this teacher
+            if store.attrs.get("identity_hash") == spec_hash(self.spec.dataset_identity(name)):
+                return store.layout.vocab_size
         return self.teacher.vocab_size
 
     def context(self, max_seq_len: int) -> BuildContext:

@@ -434,3 +434,14 @@ def test_training_from_a_store_does_not_load_the_teacher(make_spec):
     spec = load_spec(path)
     Trainer(spec, NoTeacher(spec), progress=False).train()
     assert (spec.run_path / "student" / "float_student.safetensors").exists()
+
+
+def test_vocabulary_comes_only_from_a_store_of_the_same_spec(tiny_spec, write_spec):
+    # a store of the same name made by another spec (another teacher) must not decide the student's vocab
+    from kdcore.build import Builder
+
+    generate(load_spec(write_spec(tiny_spec, "a.toml")), "noise", progress=False)
+    assert Builder(load_spec(write_spec(tiny_spec, "a.toml"))).vocab_size == 64
+    other = copy.deepcopy(tiny_spec)
+    other["teacher"]["vocab_size"] = 96
+    assert Builder(load_spec(write_spec(other, "b.toml"))).vocab_size == 96

@@ -34,9 +34,10 @@ TINY_SPEC = {
 
 
 @pytest.fixture
-def tiny_spec() -> dict:
-    """A deep copy of a small valid spec on the tiny teacher; tests modify it freely."""
-    return copy.deepcopy(TINY_SPEC)
+def tiny_spec(tmp_path) -> dict:
+    """A deep copy of a small valid spec on the tiny teacher, its store and runs under tmp_path (never
+    the repository's store/, which may hold a researcher's datasets); tests modify it freely."""
+    return {**copy.deepcopy(TINY_SPEC), "store_dir": str(tmp_path / "store"), "runs_dir": str(tmp_path / "runs")}
 
 
 @pytest.fixture

@@ -56,7 +56,7 @@ def kl_step(student, optimizer, inputs, logits):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--samples", type=int, default=600)
+    ap.add_argument("--samples", type=int, default=400)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--batch-size", type=int, default=50)

@@ -6,6 +6,8 @@ Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class KDError(Exception):
     """A user-facing error: bad spec, unknown plugin, mismatched or corrupt store, ..."""
@@ -23,6 +25,16 @@ class SpecError(KDError):
 
 class StoreError(KDError):
     """A store that is missing, corrupt, or does not match the spec."""
+
+
+def local_path(ref: str, base_dir: Path, key: str) -> Path:
+    """A local path named in a spec: as given, or relative to the spec's folder; it must exist."""
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and (base_dir / path).exists():
+        path = base_dir / path
+    if not path.exists():
+        raise KDError(f"{key}: {ref} does not exist")
+    return path
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:

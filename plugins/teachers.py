@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdcore.components import BuildContext, Inputs
-from kdcore.errors import KDError
+from kdcore.errors import KDError, local_path
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -281,19 +281,9 @@ def _hf_tokenizer(path: Path, gguf_file: str | None = None, explicit: str | None
     return make
 
 
-def _local(ref: str, base_dir: Path, key: str) -> Path:
-    """A local path from a spec: as given, or relative to the spec's folder; it must exist."""
-    path = Path(ref).expanduser()
-    if not path.is_absolute() and (base_dir / path).exists():
-        path = base_dir / path
-    if not path.exists():
-        raise KDError(f"{key}: {ref} does not exist")
-    return path
-
-
 def hf_causal_lm(params: HFParams, ctx: BuildContext) -> HFTeacher:
-    path = _local(params.path, ctx.base_dir, "teacher.path")
-    tokenizer = str(_local(params.tokenizer, ctx.base_dir, "teacher.tokenizer")) if params.tokenizer else None
+    path = local_path(params.path, ctx.base_dir, "teacher.path")
+    tokenizer = str(local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer")) if params.tokenizer else None
     gguf = path.name if path.suffix == ".gguf" else None
     folder = path.parent if gguf else path
     model = _load_hf(folder, params, gguf)
@@ -458,7 +448,7 @@ def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
         folder = ctx.base_dir / folder
     if not (folder / "params.json").exists():
         raise KDError(f"teacher.path: {folder} has no params.json (Meta-format Llama checkpoint expected)")
-    tok = _local(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else next(
+    tok = local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else next(
         (p for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model") if p.exists()), None
     )
     if tok is None:  # checked before the (possibly 13 GB) weights are read

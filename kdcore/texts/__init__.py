@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdcore.errors import KDError
+from kdcore.errors import KDError, local_path
 
 HERE = Path(__file__).parent
 
@@ -16,12 +16,7 @@ def resolve_text(ref: str, base_dir: Path = Path(".")) -> Path:
             available = ", ".join(f"builtin:{p.name}" for p in sorted(HERE.glob("*.txt")))
             raise KDError(f"no shipped text {ref}; available: {available}")
         return path
-    path = Path(ref).expanduser()
-    if not path.is_absolute() and (base_dir / path).exists():
-        path = base_dir / path
-    if not path.exists():
-        raise KDError(f"text file not found: {ref}")
-    return path
+    return local_path(ref, base_dir, "text file")
 
 
 def read_text(ref: str, base_dir: Path = Path(".")) -> str:

@@ -49,6 +49,15 @@ class Inputs:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Inputs(self.lengths.to(device), move(self.ids), move(self.soft))
 
+    def padded_to(self, multiple: int) -> "Inputs":
+        """The same batch with S rounded up to a multiple of `multiple` (more padding positions)."""
+        extra = -self.seq_len % multiple
+        if extra == 0:
+            return self
+        grow = lambda t: torch.nn.functional.pad(t, (0, 0, 0, extra) if t.dim() == 3 else (0, extra))  # noqa: E731
+        return Inputs(self.lengths, None if self.ids is None else grow(self.ids),
+                      None if self.soft is None else grow(self.soft))
+
     def as_soft(self, vocab_size: int, dtype=torch.float32) -> torch.Tensor:
         """Float vocab rows: one-hot rows for ids, zero rows at padding."""
         if self.soft is not None:

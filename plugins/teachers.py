@@ -103,6 +103,13 @@ class ByteTokenizer:
 # per sample goes through the (vocab-sized) head; any other model runs its own forward
 PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo", "olmo2"}
 
+# Sequences go through the teacher padded to a multiple of ALIGN positions, and the LM head sees a
+# multiple of ALIGN rows. CPU BLAS picks other kernels (other summation orders) for matmuls with few
+# rows, so a sample alone and the same sample in a batch differed by up to 5e-4 in SmolLM2's logits;
+# padded, they agree exactly (tests/test_teachers.py). Causal attention keeps the extra positions out
+# of the valid ones.
+ALIGN = 16
+
 
 # --- the wrapper ----------------------------------------------------------------------------------
 
@@ -151,16 +158,22 @@ class HFTeacher:
 
     @torch.inference_mode()
     def logits(self, inputs: Inputs, positions: str = "last") -> torch.Tensor:
+        S = inputs.seq_len
+        if self.max_positions is None or S + (-S % ALIGN) <= self.max_positions:
+            inputs = inputs.padded_to(ALIGN)
         embeds = self.embed(inputs)
         mask = inputs.mask().to(embeds.device)
         if self.model.config.model_type not in PLAIN_HEAD:  # the model's own forward (soft-capping, logit scales)
             out = self.model(inputs_embeds=embeds, attention_mask=mask.long()).logits
-            return _pick(out.float(), inputs.lengths, positions)
+            return _pick(out[:, :S].float(), inputs.lengths, positions)
         hidden = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
         if positions == "last":  # only the last valid position goes through the LM head
             last = (inputs.lengths.to(hidden.device) - 1).clamp(min=0)
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.model.get_output_embeddings()(hidden).float()
+            rows = -hidden.shape[0] % ALIGN  # the head, too, sees a multiple of ALIGN rows
+            logits = self.model.get_output_embeddings()(torch.nn.functional.pad(hidden, (0, 0, 0, rows)))
+            return logits[: hidden.shape[0]].float()
+        return self.model.get_output_embeddings()(hidden)[:, :S].float()
 
     @torch.inference_mode()
     def generate(self, ids: torch.Tensor, steps: int, sample) -> torch.Tensor:

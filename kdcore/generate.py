@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from kdcore.errors import StoreError
 from kdcore.progress import bar
 from kdcore.spec import Spec, spec_hash
 from kdcore.store import Layout, Store, describe_difference
+from kdcore.threads import background
 
 
 def layout_for(spec: Spec, dataset: str, vocab_size: int, produces: str) -> Layout:
@@ -150,13 +150,15 @@ def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite
     batches = [(b, list(range(s, min(s + ds.batch_size, layout.block_range(b)[1]))))
                for b in blocks for s in range(*layout.block_range(b), ds.batch_size)]
     start, done, tokens = time.perf_counter(), 0, 0
-    with bar(progress and dist.is_main()) as pbar, ThreadPoolExecutor(1) as sampling, ThreadPoolExecutor(1) as writer:
+    # the next batch is sampled, and finished blocks written, by idle-priority helpers (kdcore.threads)
+    # while the teacher runs this batch
+    with bar(progress and dist.is_main()) as pbar, background("sample") as sampling, background("write") as writer:
         task = pbar.add_task(f"generate {dataset}", total=todo, rate="")
         upcoming = sampling.submit(sampler.sample, batches[0][1], ds.seed) if batches else None
         parts, pending = [], None
         for i, (b, indices) in enumerate(batches):
             inputs = upcoming.result()
-            if i + 1 < len(batches):  # the next batch is sampled while the teacher runs this one
+            if i + 1 < len(batches):
                 upcoming = sampling.submit(sampler.sample, batches[i + 1][1], ds.seed)
             part = forward(indices, inputs)
             parts.append(part)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kdcore.components import BuildContext, Inputs, generator, sample_seed
 from kdcore.errors import KDError
+from kdcore.threads import spread
 from kdcore.spec import SamplerRef
 
 
@@ -28,7 +29,12 @@ def _full(n: int, S: int) -> torch.Tensor:
 
 
 class SoftSampler:
-    """Base for samplers of float vocab rows: subclasses draw one (S, V) row block per sample."""
+    """Base for samplers of float vocab rows: subclasses draw one (S, V) row block per sample.
+
+    Override `draw(g)` (return the block), or `fill(g, out)` to write it in place into the batch
+    tensor: a dense (S, V) block is megabytes, and an allocation plus a copy per sample costs as much
+    as drawing it.
+    """
 
     produces = "soft"
     deterministic = "pure"
@@ -39,8 +45,12 @@ class SoftSampler:
     def draw(self, g: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def fill(self, g: torch.Generator, out: torch.Tensor) -> None:
+        out.copy_(self.draw(g))
+
     def sample(self, indices: Sequence[int], seed: int) -> Inputs:
-        rows = torch.stack([self.draw(generator(seed, int(i))) for i in indices])
+        rows = torch.empty(len(indices), self.S, self.V)
+        spread(lambda r: self.fill(generator(seed, int(indices[r])), rows[r]), len(indices))
         return Inputs(lengths=_full(len(indices), self.S), soft=rows)
 
 
@@ -61,8 +71,8 @@ class UniformParams(Params):
 
 
 class Uniform(SoftSampler):
-    def draw(self, g):
-        return torch.rand(self.S, self.V, generator=g) * (self.p.high - self.p.low) + self.p.low
+    def fill(self, g, out):  # the same values as torch.rand(S, V) * (high - low) + low, in place
+        torch.rand(self.S, self.V, generator=g, out=out).mul_(self.p.high - self.p.low).add_(self.p.low)
 
 
 class RandomIdsParams(Params):
@@ -124,7 +134,7 @@ class LengthMix:
         valid = torch.arange(self.S)[None, :] < lengths[:, None]
         if full.ids is not None:
             return Inputs(lengths=lengths, ids=full.ids * valid)
-        return Inputs(lengths=lengths, soft=full.soft * valid[..., None])  # zero rows pad, as the original
+        return Inputs(lengths=lengths, soft=full.soft.mul_(valid[..., None]))  # zero rows pad, as the original
 
 
 # --- beyond the original: noise closer to real inputs ---------------------------------------------
@@ -138,8 +148,8 @@ class GaussianParams(Params):
 
 
 class Gaussian(SoftSampler):
-    def draw(self, g):
-        return torch.randn(self.S, self.V, generator=g) * self.p.std + self.p.mean
+    def fill(self, g, out):
+        torch.randn(self.S, self.V, generator=g, out=out).mul_(self.p.std).add_(self.p.mean)
 
 
 class SoftIdsParams(Params):
@@ -181,8 +191,8 @@ class NormMatched(SoftSampler):
         # E[|g @ E|^2] = |E|_F^2 for g ~ N(0, I): scale that to the mean row norm
         self.scale = params.ratio * E.norm(dim=1).mean().item() / E.norm().item()
 
-    def draw(self, g):
-        return torch.randn(self.S, self.V, generator=g) * self.scale
+    def fill(self, g, out):
+        torch.randn(self.S, self.V, generator=g, out=out).mul_(self.scale)
 
 
 class TeacherGeneratedParams(Params):

@@ -9,7 +9,7 @@ global batch, so data-parallel training sees the same global batches as a single
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,6 +18,7 @@ import torch
 
 from kdcore.components import Inputs, Targets
 from kdcore.store import Store
+from kdcore.threads import background
 
 
 def epoch_plan(num_samples: int, block_rows: int, batch_size: int, shuffle_chunks: int,
@@ -52,7 +53,12 @@ class Batch:
     global_size: int = 0  # rows in the global batch
 
     def to(self, device) -> "Batch":
-        return Batch(self.inputs.to(device), self.targets.to(device), self.rows, self.weight, self.global_size)
+        """On `device`, with float32 targets (they travel as the store keeps them: float16 values are
+        half the bytes to move, and the upcast runs where the loss does)."""
+        t = self.targets.to(device)
+        up = lambda x: None if x is None else x.float()  # noqa: E731
+        targets = Targets(up(t.logits), up(t.values), t.indices, up(t.logsumexp))
+        return Batch(self.inputs.to(device), targets, self.rows, self.weight, self.global_size)
 
 
 class StoreBatches(torch.utils.data.Dataset):
@@ -127,10 +133,10 @@ class StoreBatches(torch.utils.data.Dataset):
             inputs = self._sampler.sample([int(r) for r in rows], self.dataset_seed)
             inputs = Inputs(lengths, soft=inputs.soft)
         inputs = pad_to(inputs, self.seq_len)
-        if "logits" in arr:
-            targets = Targets(logits=torch.from_numpy(arr["logits"]).float())
+        if "logits" in arr:  # float16 until Batch.to(device)
+            targets = Targets(logits=torch.from_numpy(arr["logits"]))
         else:
-            targets = Targets(values=torch.from_numpy(arr["topk_values"]).float(),
+            targets = Targets(values=torch.from_numpy(arr["topk_values"]),
                               indices=torch.from_numpy(arr["topk_indices"].astype(np.int64)),
                               logsumexp=torch.from_numpy(arr["logsumexp"]))
         if layout.positions == "all" and self.seq_len > layout.max_seq_len:
@@ -159,9 +165,25 @@ def _pad_positions(t: Targets, seq_len: int) -> Targets:
     return Targets(pad(t.logits, 1), pad(t.values, 1), pad(t.indices, 1), pad(t.logsumexp, 0))
 
 
-def loader(dataset, workers: int = 0):
-    """Batches in order. The DataLoader gets its own generator: by default each new iterator draws
-    its base seed from torch's global RNG, which would make a resumed run's RNG stream (dropout,
-    the sld-cosine shuffle) differ from an uninterrupted one's."""
+def loader(dataset, workers: int = 0, ahead: int = 2):
+    """Batches in order. With workers, a DataLoader (worker processes); without, an idle-priority
+    helper thread (kdcore.threads) reads, decodes or regenerates the next `ahead` batches while the
+    caller trains on this one, so disk reads overlap the student's steps (items are pure in k: the
+    order of work changes nothing). The DataLoader gets its own generator: by default each new iterator draws its
+    base seed from torch's global RNG, which would make a resumed run's RNG stream (dropout, the
+    sld-cosine shuffle) differ from an uninterrupted one's."""
+    if workers == 0:
+        return _read_ahead(dataset, ahead)
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                        persistent_workers=False, generator=torch.Generator().manual_seed(0))
+
+
+def _read_ahead(dataset, ahead: int):
+    n = len(dataset)
+    with background("read") as pool:
+        pending = deque(pool.submit(dataset.__getitem__, k) for k in range(min(ahead, n)))
+        for k in range(n):
+            item = pending.popleft().result()
+            if k + ahead < n:
+                pending.append(pool.submit(dataset.__getitem__, k + ahead))
+            yield item

@@ -71,10 +71,9 @@ def bucket_log_probs(student: torch.Tensor, targets: Targets, temperature: float
     costs one (N, V) copy of the student logits.
     """
     if not targets.is_topk:
-        return (
-            torch.log_softmax(targets.logits / temperature, -1),
-            torch.log_softmax(student / temperature, -1),
-        )
+        if temperature != 1.0:  # (x / 1 is x: skip two passes over (N, V))
+            return torch.log_softmax(targets.logits / temperature, -1), torch.log_softmax(student / temperature, -1)
+        return torch.log_softmax(targets.logits, -1), torch.log_softmax(student, -1)
     if temperature != 1.0:
         # The tempered logsumexp over all V cannot be recovered from k values and the plain one.
         raise ValueError(
@@ -94,9 +93,9 @@ def bucket_log_probs(student: torch.Tensor, targets: Targets, temperature: float
 
 
 def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row; buckets with p = 0 add 0 even where log p is -inf."""
-    p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+    """KL(p || q) per row; buckets with p = 0 add 0 even where log p is -inf (clamped to the
+    smallest finite value, which p = 0 then multiplies: one pass, where a mask took two)."""
+    return (log_p.exp() * (log_p.clamp_min(torch.finfo(log_p.dtype).min) - log_q)).sum(-1)
 
 
 def shuffle_partner(n: int, device) -> torch.Tensor:

@@ -351,3 +351,18 @@ def test_params_forbid_unknown_keys(name):
 def test_params_reject_bad_values(model, bad):
     with pytest.raises(pydantic.ValidationError):
         model(**bad)
+
+
+def test_kl_rows_zero_probability_buckets_add_zero_with_finite_gradients():
+    """p = 0 (log p = -inf, e.g. a top-k tail with no mass) contributes 0, not nan, forward and backward."""
+    from kd_plugins.losses import kl_rows
+
+    student = torch.tensor([[1.0, 2.0, 0.5]], requires_grad=True)
+    log_q = torch.log_softmax(student, -1)
+    log_p = torch.log(torch.tensor([[0.25, 0.75, 0.0]]))
+    value = kl_rows(log_p, log_q)
+    q = log_q.exp().detach()
+    expected = 0.25 * math.log(0.25 / q[0, 0]) + 0.75 * math.log(0.75 / q[0, 1])
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    value.sum().backward()
+    assert torch.isfinite(student.grad).all()

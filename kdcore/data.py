@@ -91,6 +91,13 @@ class StoreBatches(torch.utils.data.Dataset):
                 self._cache.popitem(last=False)
         return self._cache[b]
 
+    def warm(self, k: int) -> None:
+        """Read the blocks batch k will need into the cache (a read-ahead helper calls this early,
+        so a shuffle group's first batch, which touches every block of the group, finds them read)."""
+        if 0 <= k < len(self.plan):
+            for b in np.unique(self.plan[k] // self.store.layout.block_rows):
+                self._block(int(b))
+
     def _gather(self, rows: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays at sorted global `rows`, in that order, read through the block cache."""
         block_rows = self.store.layout.block_rows
@@ -165,25 +172,38 @@ def _pad_positions(t: Targets, seq_len: int) -> Targets:
     return Targets(pad(t.logits, 1), pad(t.values, 1), pad(t.indices, 1), pad(t.logsumexp, 0))
 
 
-def loader(dataset, workers: int = 0, ahead: int = 2):
+def loader(dataset, workers: int = 0, ahead: int = 1, warm_ahead: int = 8):
     """Batches in order. With workers, a DataLoader (worker processes); without, an idle-priority
-    helper thread (kdcore.threads) reads, decodes or regenerates the next `ahead` batches while the
-    caller trains on this one, so disk reads overlap the student's steps (items are pure in k: the
-    order of work changes nothing). The DataLoader gets its own generator: by default each new iterator draws its
-    base seed from torch's global RNG, which would make a resumed run's RNG stream (dropout, the
-    sld-cosine shuffle) differ from an uninterrupted one's."""
+    helper thread (kdcore.threads) builds the next `ahead` batches, and reads the store blocks of
+    the batches up to `warm_ahead` steps on, while the caller trains on this one: disk reads and
+    decoding overlap the student's steps, and built batches (a seed-mode noise batch can be
+    hundreds of MB) stay few. Items are pure in k: the order of work changes nothing. The DataLoader
+    gets its own generator: by default each new iterator draws its base seed from torch's global
+    RNG, which would make a resumed run's RNG stream (dropout, the sld-cosine shuffle) differ from an
+    uninterrupted one's."""
     if workers == 0:
-        return _read_ahead(dataset, ahead)
+        return _read_ahead(dataset, ahead, warm_ahead)
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                        persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
 
-def _read_ahead(dataset, ahead: int):
-    n = len(dataset)
-    with background("read") as pool:
-        pending = deque(pool.submit(dataset.__getitem__, k) for k in range(min(ahead, n)))
+def _warmer(dataset) -> Callable[[int], None]:
+    if isinstance(dataset, torch.utils.data.Subset):
+        inner = _warmer(dataset.dataset)
+        return lambda k: inner(dataset.indices[k]) if k < len(dataset.indices) else None
+    return getattr(dataset, "warm", lambda k: None)
+
+
+def _read_ahead(dataset, ahead: int, warm_ahead: int):
+    n, warm = len(dataset), _warmer(dataset)
+    with background("read") as helper:  # one thread: the block cache is only ever touched by it
+        for k in range(min(warm_ahead, n)):
+            helper.submit(warm, k)
+        pending = deque(helper.submit(dataset.__getitem__, k) for k in range(min(ahead, n)))
         for k in range(n):
             item = pending.popleft().result()
+            if k + warm_ahead < n:
+                helper.submit(warm, k + warm_ahead)
             if k + ahead < n:
-                pending.append(pool.submit(dataset.__getitem__, k + ahead))
+                pending.append(helper.submit(dataset.__getitem__, k + ahead))
             yield item

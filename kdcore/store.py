@@ -19,6 +19,12 @@ from kdcore.errors import StoreError
 FORMAT_VERSION = 1
 
 
+# Dense float16 arrays (vocab-sized logits, noise inputs) are stored raw: zstd saved 8-15% of their
+# bytes but made reading a block 4x slower (10.7 vs 2.5 ms for 100 x 32000), a cost the trainer pays
+# every epoch. Everything else (ids, seeds, lengths, top-k) is zstd-compressed, zarr's default.
+UNCOMPRESSED = {"logits", "inputs"}
+
+
 @dataclass
 class Layout:
     """Everything that fixes the shapes and dtypes of a store's arrays."""
@@ -140,7 +146,8 @@ class Store:
         shutil.rmtree(path, ignore_errors=True)
         group = zarr.open_group(str(path), mode="w-")
         for name, (shape, chunks, dtype) in layout.arrays().items():
-            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            codec = {"compressors": None} if name in UNCOMPRESSED else {}
+            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **codec)
         # metadata last: a store without it is recognisably unfinished
         group.attrs.update(
             {

@@ -71,6 +71,19 @@ def test_store_round_trip_and_commit_flags(tmp_path):
     assert store.committed()[2] == 0  # a rejected write commits nothing
 
 
+def test_dense_float16_arrays_are_stored_raw_the_rest_compressed(tmp_path):
+    """Logits and noise inputs (float16, nearly incompressible) skip zstd, which made block reads 4x
+    slower; ids, seeds, lengths and top-k keep it."""
+    store = make_store(tmp_path / "s", blocks=1, inputs="dense")
+    codecs = {name: [type(c).__name__ for c in store.array(name).metadata.codecs]
+              for name in store.layout.arrays()}
+    assert codecs["logits"] == ["BytesCodec"] and codecs["inputs"] == ["BytesCodec"]
+    assert all("ZstdCodec" in codecs[n] for n in ("seed", "length")), codecs
+    topk = make_store(tmp_path / "k", blocks=0, logits="topk", produces="ids")
+    assert all("ZstdCodec" in [type(c).__name__ for c in topk.array(n).metadata.codecs]
+               for n in ("ids", "topk_values", "topk_indices", "logsumexp"))
+
+
 def test_short_last_block_and_topk_dtypes(tmp_path):
     lay = layout(num_samples=25, logits="topk", positions="all", vocab_size=70000)
     assert lay.num_blocks == 3 and lay.block_range(2) == (20, 25)

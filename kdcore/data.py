@@ -108,7 +108,8 @@ class StoreBatches(torch.utils.data.Dataset):
             local = rows[blocks == b] - b * block_rows
             for n in names or data:
                 parts.setdefault(n, []).append(data[n][local])
-        return {n: np.concatenate(v) for n, v in parts.items()}
+        return {n: np.concatenate(v, out=_empty((sum(map(len, v)), *v[0].shape[1:]), v[0].dtype))
+                for n, v in parts.items()}
 
     def _weight(self, batch_rows: np.ndarray, rows: np.ndarray, lengths: np.ndarray) -> float:
         if self.world == 1:
@@ -149,6 +150,13 @@ class StoreBatches(torch.utils.data.Dataset):
         if layout.positions == "all" and self.seq_len > layout.max_seq_len:
             targets = _pad_positions(targets, self.seq_len)
         return Batch(inputs, targets, rows, weight, len(batch_rows))
+
+
+def _empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A numpy view of a fresh torch tensor. torch backs large allocations with huge pages (see
+    kdcore/__init__.py), so filling a batch's 3 MB of targets page-faults a few times instead of ~800
+    (1.9 -> 0.3 ms per batch here); the array keeps its tensor alive."""
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).numpy()
 
 
 def pad_to(inputs: Inputs, seq_len: int) -> Inputs:

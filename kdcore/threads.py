@@ -7,6 +7,10 @@ OS's idle priority (Linux SCHED_IDLE): they run on the cores the main thread's c
 threads lost their cores); at idle priority, ~0% (bench/generation.py). Where the main work keeps
 every core busy, a helper runs when the main thread waits for it: the work is then done in turn,
 never slower than that.
+
+The catch: other processes that keep every core busy (a build, another job) leave an idle-priority
+helper almost nothing, and the main thread then waits on it. On such a shared machine set
+KD_HELPERS=normal: helpers run at normal priority (and compete with the main thread, as above).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ _pools: dict[tuple[int, bool], ThreadPoolExecutor] = {}
 
 
 def _idle_priority() -> None:
+    if os.environ.get("KD_HELPERS", "idle") == "normal":
+        return
     try:  # the calling thread only (Linux); elsewhere the helper runs at normal priority
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):

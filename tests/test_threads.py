@@ -69,3 +69,12 @@ def test_read_ahead_raises_the_items_error_in_the_caller():
     with pytest.raises(ValueError, match="item 4 is corrupt"):
         for _ in loader(Items(10, bad=4)):
             pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_kd_helpers_normal_keeps_helpers_at_normal_priority(monkeypatch):
+    """For machines shared with other busy processes, which would starve idle-priority helpers."""
+    monkeypatch.setenv("KD_HELPERS", "normal")
+    with background("t") as helper:
+        policy = helper.submit(os.sched_getscheduler, 0).result()
+    assert policy == os.SCHED_OTHER

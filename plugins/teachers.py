@@ -456,9 +456,7 @@ def meta_to_hf(folder: Path, max_seq_len: int = 4096):
 
 
 def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
-    folder = Path(params.path).expanduser()
-    if not folder.is_absolute() and (ctx.base_dir / folder).exists():
-        folder = ctx.base_dir / folder
+    folder = local_path(params.path, ctx.base_dir, "teacher.path")
     if not (folder / "params.json").exists():
         raise KDError(f"teacher.path: {folder} has no params.json (Meta-format Llama checkpoint expected)")
     tok = local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else next(

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kdcore.components import BuildContext, Inputs, generator, sample_seed
 from kdcore.errors import KDError
-from kdcore.threads import spread
 from kdcore.spec import SamplerRef
+from kdcore.threads import spread
 
 
 class Params(BaseModel):

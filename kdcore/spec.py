@@ -133,6 +133,7 @@ class EvalSpec(Strict):
         ]
     )
     max_new_tokens: int = Field(12, ge=0)
+    chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
 
     @model_validator(mode="after")
     def _prompts_not_empty(self):
@@ -140,7 +141,6 @@ class EvalSpec(Strict):
             if not prompt.strip():
                 raise PointedError(f"eval.prompts[{i}]", "an empty prompt gives the models nothing to continue")
         return self
-    chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
 
 
 class Spec(Strict):

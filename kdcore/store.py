@@ -8,6 +8,7 @@ uncommitted blocks, which the next run redoes. Nothing here appends or resizes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,7 @@ class Store:
         self.attrs = dict(group.attrs)
         self.layout = Layout(**self.attrs["layout"])
         self._arrays = {}
+        self._chunks: dict[str, _ChunkFiles | None] = {}
         self.unreadable_flags: list[int] = []  # blocks whose commit flag could not be read
 
     # --- opening ---
@@ -133,7 +135,6 @@ class Store:
 
     @classmethod
     def create(cls, path: str | Path, layout: Layout, attrs: dict) -> "Store":
-        import os
         import shutil
 
         zarr = _zarr()
@@ -206,12 +207,118 @@ class Store:
 
     # --- reading ---
     def read_block(self, b: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Block b of each array. Chunks of the kinds this store writes are read from their files
+        directly (`_ChunkFiles`); anything else, or anything unexpected in a file, goes through zarr."""
         lo, hi = self.layout.block_range(b)
         names = names or [n for n in self.layout.arrays() if n != "committed"]
-        return {n: np.asarray(self.array(n)[lo:hi]) for n in names}
+        out = {}
+        for n in names:
+            direct = self._chunk_files(n)
+            block = direct.read(b, hi - lo) if direct is not None else None
+            out[n] = block if block is not None else np.asarray(self.array(n)[lo:hi])
+        return out
+
+    def _chunk_files(self, name: str) -> "_ChunkFiles | None":
+        if name not in self._chunks:
+            self._chunks[name] = _ChunkFiles.of(self.path / name, self.layout.block_rows)
+        return self._chunks[name]
+
+    def prefetch(self, b: int, names: list[str]) -> None:
+        """Ask the OS to start reading block b's chunk files into its page cache (posix_fadvise
+        WILLNEED) and return: a later `read_block` then copies from memory instead of waiting on the
+        disk. Only a hint: nothing happens where the OS or the layout does not support it."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for n in names:
+            direct = self._chunk_files(n)
+            if direct is None:
+                continue
+            try:
+                fd = os.open(direct.path(b), os.O_RDONLY)
+            except OSError:  # not written (all fill values) or gone: the read will tell
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class _ChunkFiles:
+    """Block reads straight from an array's chunk files, following the Zarr v3 spec (chunk key
+    encoding, `bytes` and `zstd` codecs) for the one layout this store writes: a regular grid whose
+    chunk is a whole block (`block_rows` rows, every other dimension whole).
+
+    zarr's reader costs ~0.8 ms of fixed overhead per call (its event loop) and ~2.2 ms for a raw
+    100 x 32000 float16 chunk; a file read is ~0.85 ms here. A trainer reads every block of every
+    array once per epoch, beside the student's step, on the same cores. `of` returns None for
+    metadata it does not recognise, and `read` returns None for a chunk file it cannot vouch for (a
+    wrong size, a failed decode): the caller then reads through zarr, which reports the problem.
+    A missing chunk file is a chunk zarr did not write because every value was the fill value."""
+
+    def __init__(self, folder: Path, key: str, dtype: np.dtype, chunk: tuple, fill, zstd: bool):
+        self.folder, self.key, self.dtype, self.chunk = folder, key, dtype, chunk
+        self.fill, self.zstd = fill, zstd
+        self.nbytes = int(np.prod(chunk, dtype=np.int64)) * dtype.itemsize
+
+    @classmethod
+    def of(cls, folder: Path, block_rows: int) -> "_ChunkFiles | None":
+        try:
+            meta = json.loads((folder / "zarr.json").read_text())
+            shape, dtype = tuple(meta["shape"]), np.dtype(meta["data_type"])
+            chunk = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+            keys, codecs = meta["chunk_key_encoding"], [c["name"] for c in meta["codecs"]]
+            endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+        separator = keys.get("configuration", {}).get("separator", "/")
+        if (meta.get("zarr_format") != 3 or meta["chunk_grid"].get("name") != "regular"
+                or chunk != (block_rows, *shape[1:]) or keys.get("name") != "default"
+                or separator not in ("/", ".") or codecs not in (["bytes"], ["bytes", "zstd"])
+                or endian != "little" or meta.get("storage_transformers") or dtype.kind not in "fiub"
+                or not isinstance(meta.get("fill_value"), (int, float))):
+            return None
+        key = separator.join(["c", "{}", *["0"] * (len(shape) - 1)])
+        return cls(folder, key, dtype.newbyteorder("<"), chunk, meta["fill_value"], codecs[-1] == "zstd")
+
+    def path(self, b: int) -> Path:
+        return self.folder / self.key.format(b)
+
+    def read(self, b: int, rows: int) -> np.ndarray | None:
+        try:
+            with open(self.path(b), "rb", buffering=0) as f:
+                if self.zstd:
+                    from numcodecs.zstd import Zstd  # zarr's own zstd codec
+
+                    data = np.frombuffer(Zstd().decode(f.read()), np.uint8)
+                    if data.nbytes != self.nbytes:
+                        return None
+                    out = data.view(self.dtype).reshape(self.chunk).copy()
+                else:
+                    raw = _page_offset_buffer(self.nbytes)
+                    if f.readinto(raw) != self.nbytes or f.read(1):
+                        return None
+                    out = raw.view(self.dtype).reshape(self.chunk)
+        except FileNotFoundError:
+            return np.full((rows, *self.chunk[1:]), self.fill, self.dtype)
+        except Exception:  # unreadable or undecodable: zarr will say what is wrong
+            return None
+        return out[:rows]
+
+
+def _page_offset_buffer(nbytes: int) -> np.ndarray:
+    """nbytes of writable memory starting half a page past a page boundary. A large numpy array
+    starts 16 bytes past one, as does the file's data in the page cache: the kernel's copy of a
+    6.4 MB chunk into it then ran 4x slower (3.0 vs 0.7 ms on this machine's AMD EPYC; an offset
+    of 64 bytes or more, up to a page, gave 0.7-0.8 ms), a penalty for a destination just past its
+    source modulo 4 KiB."""
+    raw = np.empty(nbytes + 4096, np.uint8)
+    start = (2048 - raw.ctypes.data) % 4096
+    return raw[start : start + nbytes]
 
 
 def describe_difference(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -93,6 +93,84 @@ def test_short_last_block_and_topk_dtypes(tmp_path):
     assert lay.bytes_per_sample() < lay.original_bytes_per_sample() / 100
 
 
+def full_block(lay: Layout, b: int) -> dict[str, np.ndarray]:
+    """Block b of every array in `lay` (random values of each array's dtype)."""
+    lo, hi = lay.block_range(b)
+    rng = np.random.default_rng(b)
+    out = {}
+    for name, (shape, _, dtype) in lay.arrays().items():
+        if name != "committed":
+            size = (hi - lo, *shape[1:])
+            out[name] = (rng.normal(size=size) if np.dtype(dtype).kind == "f" else rng.integers(0, 60, size)).astype(dtype)
+    return out
+
+
+def zarr_block(store: Store, b: int) -> dict[str, np.ndarray]:
+    lo, hi = store.layout.block_range(b)
+    return {n: np.asarray(store.array(n)[lo:hi]) for n in store.layout.arrays() if n != "committed"}
+
+
+@pytest.mark.parametrize("kw", [dict(inputs="dense"), dict(produces="ids", logits="topk", positions="all"),
+                                dict(logits="topk", vocab_size=70000)], ids=["dense", "ids-topk-all", "topk-int32"])
+def test_blocks_read_from_chunk_files_equal_zarr_reads(tmp_path, kw):
+    """read_block reads the chunk files itself (the Zarr v3 spec's keys and codecs), ~3x faster than
+    zarr per block; it must return exactly what zarr returns, short last block included."""
+    from kdcore.store import _ChunkFiles
+
+    lay = layout(num_samples=25, **kw)
+    store = Store.create(tmp_path / "s", lay, {"name": "s"})
+    for b in range(lay.num_blocks):
+        store.write_block(b, full_block(lay, b))
+    store = Store.open(tmp_path / "s")
+    for name in set(lay.arrays()) - {"committed"}:  # flags have a chunk per block, read by zarr
+        assert _ChunkFiles.of(store.path / name, lay.block_rows) is not None, name  # the direct path is taken
+    for b in range(lay.num_blocks):
+        direct, expected = store.read_block(b), zarr_block(store, b)
+        assert direct.keys() == expected.keys()
+        for name, value in expected.items():
+            assert direct[name].dtype == value.dtype and direct[name].shape == value.shape, name
+            assert np.array_equal(direct[name], value), name
+            assert direct[name].flags.writeable
+        store.prefetch(b, list(expected))  # a hint: nothing to check but that it is harmless
+
+
+def test_chunk_files_zarr_never_wrote_and_files_that_look_wrong(tmp_path):
+    """A chunk of fill values has no file (zarr skips it) and reads as the fill value; a chunk file
+    of the wrong size, or an array whose codecs the direct reader does not know, goes through zarr."""
+    import zarr
+
+    from kdcore.store import _ChunkFiles
+
+    lay = layout(num_samples=20)
+    store = Store.create(tmp_path / "s", lay, {"name": "s"})
+    zero = {**block(lay, 0), "logits": np.zeros((10, lay.vocab_size), np.float16)}
+    store.write_block(0, zero)
+    store.write_block(1, block(lay, 1))
+    assert not (tmp_path / "s" / "logits" / "c" / "0" / "0").exists()
+    got = Store.open(tmp_path / "s").read_block(0)
+    assert np.array_equal(got["logits"], zero["logits"]) and got["logits"].dtype == np.float16
+    assert np.array_equal(got["length"], zero["length"])
+    chunk = tmp_path / "s" / "logits" / "c" / "1" / "0"
+    reader = _ChunkFiles.of(tmp_path / "s" / "logits", lay.block_rows)
+    chunk.write_bytes(chunk.read_bytes()[:-2])
+    assert reader.read(1, 10) is None  # not vouched for: the caller asks zarr, which raises
+    with pytest.raises(Exception):
+        Store.open(tmp_path / "s").read_block(1, ["logits"])
+    chunk.write_bytes(chunk.read_bytes() + b"\0\0\0\0")
+    assert reader.read(1, 10) is None
+    good = json.loads((tmp_path / "s" / "logits" / "zarr.json").read_text())
+    for change in ({}, {"chunk_shape": [5, 32]}, {"codecs": [{"name": "bytes", "configuration": {"endian": "big"}}]},
+                   {"codecs": [{"name": "bytes"}, {"name": "crc32c"}]}, {"fill_value": "NaN"}):
+        meta = json.loads(json.dumps(good))
+        if "chunk_shape" in change:
+            meta["chunk_grid"]["configuration"]["chunk_shape"] = change["chunk_shape"]
+        else:
+            meta.update(change)
+        (tmp_path / "other").mkdir(exist_ok=True)
+        (tmp_path / "other" / "zarr.json").write_text(json.dumps(meta))
+        assert (_ChunkFiles.of(tmp_path / "other", 10) is None) == bool(change), change
+
+
 def test_open_refuses_what_is_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="not a LlamaKD store"):
         Store.open(tmp_path / "missing")

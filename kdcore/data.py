@@ -69,7 +69,7 @@ class StoreBatches(torch.utils.data.Dataset):
         self.path, self.plan, self.seq_len = path, plan, seq_len
         self.make_sampler, self.dataset_seed = make_sampler, dataset_seed
         self.rank, self.world, self.cache_blocks = rank, world, cache_blocks
-        self._store, self._sampler, self._cache = None, None, OrderedDict()
+        self._store, self._sampler, self._cache, self._hinted = None, None, OrderedDict(), set()
 
     def __len__(self):
         return len(self.plan)
@@ -80,13 +80,15 @@ class StoreBatches(torch.utils.data.Dataset):
             self._store = Store.open(self.path)
         return self._store
 
+    def _names(self) -> list[str]:
+        return [n for n in self.store.layout.arrays() if n not in ("committed", "seed")]
+
     def _block(self, b: int) -> dict:
         """Every array but `seed`/`committed` of block b, read whole (one chunk each) and cached."""
         if b in self._cache:
             self._cache.move_to_end(b)  # least recently used goes first
         else:
-            names = [n for n in self.store.layout.arrays() if n not in ("committed", "seed")]
-            self._cache[b] = self.store.read_block(b, names)
+            self._cache[b] = self.store.read_block(b, self._names())
             while len(self._cache) > self.cache_blocks:
                 self._cache.popitem(last=False)
         return self._cache[b]
@@ -98,18 +100,31 @@ class StoreBatches(torch.utils.data.Dataset):
             for b in np.unique(self.plan[k] // self.store.layout.block_rows):
                 self._block(int(b))
 
+    def hint(self, k: int) -> None:
+        """Ask the OS to start reading the blocks batch k will need that are not cached yet
+        (`Store.prefetch`): the disk works while the student does, and `warm` later copies from memory."""
+        if 0 <= k < len(self.plan):
+            for b in np.unique(self.plan[k] // self.store.layout.block_rows).tolist():
+                if b not in self._cache and b not in self._hinted:  # a group's batches share its blocks
+                    self._hinted.add(b)
+                    self.store.prefetch(b, self._names())
+
     def _gather(self, rows: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Arrays at sorted global `rows`, in that order, read through the block cache."""
+        """Arrays at sorted global `rows`, in that order, read through the block cache: each block's
+        rows are copied once, straight into the batch's array."""
         block_rows = self.store.layout.block_rows
         blocks = rows // block_rows
-        parts: dict[str, list] = {}
+        out: dict[str, np.ndarray] = {}
+        start = 0
         for b in np.unique(blocks):
             data = self._block(int(b))
             local = rows[blocks == b] - b * block_rows
             for n in names or data:
-                parts.setdefault(n, []).append(data[n][local])
-        return {n: np.concatenate(v, out=_empty((sum(map(len, v)), *v[0].shape[1:]), v[0].dtype))
-                for n, v in parts.items()}
+                if n not in out:
+                    out[n] = _empty((len(rows), *data[n].shape[1:]), data[n].dtype)
+                np.take(data[n], local, axis=0, out=out[n][start : start + len(local)], mode="clip")
+            start += len(local)
+        return out
 
     def _weight(self, batch_rows: np.ndarray, rows: np.ndarray, lengths: np.ndarray) -> float:
         if self.world == 1:
@@ -181,38 +196,47 @@ def _pad_positions(t: Targets, seq_len: int) -> Targets:
     return Targets(pad(t.logits, 1), pad(t.values, 1), pad(t.indices, 1), pad(t.logsumexp, 0))
 
 
-def loader(dataset, workers: int = 0, ahead: int = 1, warm_ahead: int = 8):
+def loader(dataset, workers: int = 0, ahead: int = 1, warm_ahead: int = 8, hint_ahead: int = 24):
     """Batches in order. With workers, a DataLoader (worker processes); without, an idle-priority
-    helper thread (kdcore.threads) builds the next `ahead` batches, and reads the store blocks of
-    the batches up to `warm_ahead` steps on, while the caller trains on this one: disk reads and
-    decoding overlap the student's steps, and built batches (a seed-mode noise batch can be
-    hundreds of MB) stay few. Items are pure in k: the order of work changes nothing. The DataLoader
-    gets its own generator: by default each new iterator draws its base seed from torch's global
-    RNG, which would make a resumed run's RNG stream (dropout, the sld-cosine shuffle) differ from an
-    uninterrupted one's."""
+    helper thread (kdcore.threads) builds the next `ahead` batches while the caller trains on this
+    one, reads the store blocks of the batch `warm_ahead` steps on, and asks the OS to fetch those
+    of the batch `hint_ahead` steps on: disk reads, copies and decoding overlap the student's steps,
+    and built batches (a seed-mode noise batch can be hundreds of MB) stay few. Items are pure in k:
+    the order of work changes nothing. The DataLoader gets its own generator: by default each new
+    iterator draws its base seed from torch's global RNG, which would make a resumed run's RNG
+    stream (dropout, the sld-cosine shuffle) differ from an uninterrupted one's."""
     if workers == 0:
-        return _read_ahead(dataset, ahead, warm_ahead)
+        return _read_ahead(dataset, ahead, warm_ahead, max(hint_ahead, warm_ahead))
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                        persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
 
-def _warmer(dataset) -> Callable[[int], None]:
+def _by_batch(dataset, method: str) -> Callable[[int], None]:
+    """dataset.method(k) (warm, hint) where the dataset has it, through Subsets; else nothing."""
     if isinstance(dataset, torch.utils.data.Subset):
-        inner = _warmer(dataset.dataset)
+        inner = _by_batch(dataset.dataset, method)
         return lambda k: inner(dataset.indices[k]) if k < len(dataset.indices) else None
-    return getattr(dataset, "warm", lambda k: None)
+    return getattr(dataset, method, lambda k: None)
 
 
-def _read_ahead(dataset, ahead: int, warm_ahead: int):
-    n, warm = len(dataset), _warmer(dataset)
+def _read_ahead(dataset, ahead: int, warm_ahead: int, hint_ahead: int):
+    n, warm, hint = len(dataset), _by_batch(dataset, "warm"), _by_batch(dataset, "hint")
     with background("read") as helper:  # one thread: the block cache is only ever touched by it
-        for k in range(min(warm_ahead, n)):
+        first = range(min(warm_ahead, n))
+        for k in first:  # the disk fetches the first blocks together, not one read after another
+            helper.submit(hint, k)
+        for k in first:
             helper.submit(warm, k)
         pending = deque(helper.submit(dataset.__getitem__, k) for k in range(min(ahead, n)))
+        for k in range(warm_ahead, min(hint_ahead, n)):
+            helper.submit(hint, k)
         for k in range(n):
             item = pending.popleft().result()
-            if k + warm_ahead < n:
-                helper.submit(warm, k + warm_ahead)
+            # the batch needed soonest first: it must not queue behind reads for later ones
             if k + ahead < n:
                 pending.append(helper.submit(dataset.__getitem__, k + ahead))
+            if k + warm_ahead < n:
+                helper.submit(warm, k + warm_ahead)
+            if k + hint_ahead < n:
+                helper.submit(hint, k + hint_ahead)
             yield item

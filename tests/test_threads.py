@@ -40,25 +40,37 @@ class Items(torch.utils.data.Dataset):
     """Item k is k squared; records which blocks were warmed and fails at `bad`."""
 
     def __init__(self, n, bad=None):
-        self.n, self.bad, self.warmed, self.threads = n, bad, [], set()
+        self.n, self.bad, self.warmed, self.hinted, self.events, self.threads = n, bad, [], [], [], set()
 
     def __len__(self):
         return self.n
 
     def warm(self, k):
         self.warmed.append(k)
+        self.events.append(("warm", k))
+
+    def hint(self, k):
+        self.hinted.append(k)
+        self.events.append(("hint", k))
 
     def __getitem__(self, k):
         self.threads.add(threading.current_thread().name)
         if k == self.bad:
             raise ValueError(f"item {k} is corrupt")
+        self.events.append(("get", k))
         return k * k
 
 
 def test_read_ahead_keeps_order_warms_ahead_and_works_in_a_helper():
     items = Items(20)
-    assert list(loader(items, ahead=3, warm_ahead=5)) == [k * k for k in range(20)]
+    assert list(loader(items, ahead=3, warm_ahead=5, hint_ahead=9)) == [k * k for k in range(20)]
     assert sorted(items.warmed) == list(range(20))  # every batch's blocks read ahead of it, once
+    assert sorted(items.hinted) == list(range(20))  # and the OS asked to fetch them before that
+    when = {e: i for i, e in enumerate(items.events)}
+    assert all(when[("hint", k)] < when[("warm", k)] < when[("get", k)] for k in range(20))
+    # queued as batch k - 9 (hint) or k - 5 (warm) is handed over, behind batch k - 9 + 3 or k - 5 + 3
+    assert all(when[("hint", k)] < when[("get", k - 5)] for k in range(9, 20))
+    assert all(when[("warm", k)] < when[("get", k - 1)] for k in range(1, 20))
     assert all(name.startswith("kd-read") for name in items.threads)
     subset = torch.utils.data.Subset(Items(20), range(7, 12))  # a resumed epoch
     assert list(loader(subset)) == [k * k for k in range(7, 12)]

@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 
 
 # Dense float16 arrays (vocab-sized logits, noise inputs) are stored raw: zstd saved 8-15% of their
-# bytes but made reading a block 4x slower (10.7 vs 2.5 ms for 100 x 32000), a cost the trainer pays
+# bytes but made reading a block 4x slower (10.7 vs 2.5 ms for 100 x 32000, through zarr), a cost the trainer pays
 # every epoch. Everything else (ids, seeds, lengths, top-k) is zstd-compressed, zarr's default.
 UNCOMPRESSED = {"logits", "inputs"}
 

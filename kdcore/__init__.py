@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
-
 def _keep_freed_memory() -> None:
     """Large tensors freed by torch go back to glibc's heap for the next ones, not to the OS.
 

@@ -21,8 +21,8 @@ FORMAT_VERSION = 1
 
 
 # Dense float16 arrays (vocab-sized logits, noise inputs) are stored raw: zstd saved 8-15% of their
-# bytes but made reading a block 4x slower (10.7 vs 2.5 ms for 100 x 32000, through zarr), a cost the trainer pays
-# every epoch. Everything else (ids, seeds, lengths, top-k) is zstd-compressed, zarr's default.
+# bytes but made reading a block 4x slower (10.7 vs 2.5 ms for 100 x 32000, through zarr), a cost
+# the trainer pays every epoch. Everything else (ids, seeds, lengths, top-k) is zstd-compressed, zarr's default.
 UNCOMPRESSED = {"logits", "inputs"}
 
 
@@ -254,7 +254,8 @@ class _ChunkFiles:
     chunk is a whole block (`block_rows` rows, every other dimension whole).
 
     zarr's reader costs ~0.8 ms of fixed overhead per call (its event loop) and ~2.2 ms for a raw
-    100 x 32000 float16 chunk; a file read is ~0.85 ms here. A trainer reads every block of every
+    100 x 32000 float16 chunk; a file read is ~0.7 ms here (into a buffer placed as
+    `_page_offset_buffer` explains). A trainer reads every block of every
     array once per epoch, beside the student's step, on the same cores. `of` returns None for
     metadata it does not recognise, and `read` returns None for a chunk file it cannot vouch for (a
     wrong size, a failed decode): the caller then reads through zarr, which reports the problem.

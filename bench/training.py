@@ -40,7 +40,7 @@ from kdcore.generate import generate  # noqa: E402
 from kdcore.spec import parse_spec  # noqa: E402
 
 
-def evict(path: Path) -> bool:
+def evict(path: Path) -> None:
     """Drop one directory's files from the page cache (posix_fadvise DONTNEED), so the next read
     comes from disk. Only these files: dropping the whole cache also evicted torch's own libraries,
     whose re-reading then landed in whichever run came next."""
@@ -52,7 +52,6 @@ def evict(path: Path) -> bool:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
-    return True
 
 
 def step(student, optimizer, loss_fn, batch: Batch):

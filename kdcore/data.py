@@ -96,18 +96,22 @@ class StoreBatches(torch.utils.data.Dataset):
     def warm(self, k: int) -> None:
         """Read the blocks batch k will need into the cache (a read-ahead helper calls this early,
         so a shuffle group's first batch, which touches every block of the group, finds them read)."""
-        if 0 <= k < len(self.plan):
-            for b in np.unique(self.plan[k] // self.store.layout.block_rows):
-                self._block(int(b))
+        for b in self._blocks_of(k):
+            self._block(b)
 
     def hint(self, k: int) -> None:
         """Ask the OS to start reading the blocks batch k will need that are not cached yet
         (`Store.prefetch`): the disk works while the student does, and `warm` later copies from memory."""
-        if 0 <= k < len(self.plan):
-            for b in np.unique(self.plan[k] // self.store.layout.block_rows).tolist():
-                if b not in self._cache and b not in self._hinted:  # a group's batches share its blocks
-                    self._hinted.add(b)
-                    self.store.prefetch(b, self._names())
+        for b in self._blocks_of(k):
+            if b not in self._cache and b not in self._hinted:  # a group's batches share its blocks
+                self._hinted.add(b)
+                self.store.prefetch(b, self._names())
+
+    def _blocks_of(self, k: int) -> list[int]:
+        """The blocks batch k's rows come from (none past the plan's end)."""
+        if not 0 <= k < len(self.plan):
+            return []
+        return np.unique(self.plan[k] // self.store.layout.block_rows).tolist()
 
     def _gather(self, rows: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays at sorted global `rows`, in that order, read through the block cache: each block's

@@ -22,7 +22,8 @@ FORMAT_VERSION = 1
 
 # Dense float16 arrays (vocab-sized logits, noise inputs) are stored raw: zstd saved 8-15% of their
 # bytes but made reading a block 4x slower (10.7 vs 2.5 ms for 100 x 32000, through zarr), a cost
-# the trainer pays every epoch. Everything else (ids, seeds, lengths, top-k) is zstd-compressed, zarr's default.
+# the trainer pays every epoch. Everything else (ids, seeds, lengths, top-k) is zstd-compressed,
+# zarr's default.
 UNCOMPRESSED = {"logits", "inputs"}
 
 
@@ -255,15 +256,19 @@ class _ChunkFiles:
 
     zarr's reader costs ~0.8 ms of fixed overhead per call (its event loop) and ~2.2 ms for a raw
     100 x 32000 float16 chunk; a file read is ~0.7 ms here (into a buffer placed as
-    `_page_offset_buffer` explains). A trainer reads every block of every
-    array once per epoch, beside the student's step, on the same cores. `of` returns None for
+    `_page_offset_buffer` explains). A trainer reads every block of every array once per epoch,
+    beside the student's step, on the same cores. `of` returns None for
     metadata it does not recognise, and `read` returns None for a chunk file it cannot vouch for (a
     wrong size, a failed decode): the caller then reads through zarr, which reports the problem.
     A missing chunk file is a chunk zarr did not write because every value was the fill value."""
 
     def __init__(self, folder: Path, key: str, dtype: np.dtype, chunk: tuple, fill, zstd: bool):
-        self.folder, self.key, self.dtype, self.chunk = folder, key, dtype, chunk
-        self.fill, self.zstd = fill, zstd
+        self.folder, self.key, self.dtype, self.chunk, self.fill = folder, key, dtype, chunk, fill
+        self.decompress = None
+        if zstd:
+            from numcodecs.zstd import Zstd  # zarr's own zstd codec
+
+            self.decompress = Zstd().decode
         self.nbytes = int(np.prod(chunk, dtype=np.int64)) * dtype.itemsize
 
     @classmethod
@@ -292,10 +297,8 @@ class _ChunkFiles:
     def read(self, b: int, rows: int) -> np.ndarray | None:
         try:
             with open(self.path(b), "rb", buffering=0) as f:
-                if self.zstd:
-                    from numcodecs.zstd import Zstd  # zarr's own zstd codec
-
-                    data = np.frombuffer(Zstd().decode(f.read()), np.uint8)
+                if self.decompress is not None:
+                    data = np.frombuffer(self.decompress(f.read()), np.uint8)
                     if data.nbytes != self.nbytes:
                         return None
                     out = data.view(self.dtype).reshape(self.chunk).copy()

@@ -9,7 +9,10 @@ global batch, so data-parallel training sees the same global batches as a single
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,14 +65,31 @@ class Batch:
 
 
 class StoreBatches(torch.utils.data.Dataset):
-    """Item k is batch k of the plan, for this rank; opens the store lazily (inside each worker)."""
+    """Item k is batch k of the plan, for this rank; opens the store lazily (inside each worker).
+
+    Blocks are read whole into a cache, in two parts: the raw (uncompressed, vocab-sized) arrays
+    and the rest. `warm`, called ahead by the loader's I/O thread, fills it; `__getitem__`, in
+    another thread, takes rows from it and reads a raw array's rows itself from any block whose read
+    has not finished (an epoch's first batches span a shuffle group's blocks, ~50 MB here, where
+    their own rows are ~3 MB)."""
 
     def __init__(self, path, plan: list[np.ndarray], seq_len: int, make_sampler: Callable | None = None,
                  dataset_seed: int = 0, rank: int = 0, world: int = 1, cache_blocks: int = 16):
         self.path, self.plan, self.seq_len = path, plan, seq_len
         self.make_sampler, self.dataset_seed = make_sampler, dataset_seed
         self.rank, self.world, self.cache_blocks = rank, world, cache_blocks
+        self._reset()
+
+    def _reset(self) -> None:
         self._store, self._sampler, self._cache, self._hinted = None, None, OrderedDict(), set()
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # for DataLoader workers: the settings, not the open store or cache
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
 
     def __len__(self):
         return len(self.plan)
@@ -83,27 +103,52 @@ class StoreBatches(torch.utils.data.Dataset):
     def _names(self) -> list[str]:
         return [n for n in self.store.layout.arrays() if n not in ("committed", "seed")]
 
-    def _block(self, b: int) -> dict:
-        """Every array but `seed`/`committed` of block b, read whole (one chunk each) and cached."""
-        if b in self._cache:
-            self._cache.move_to_end(b)  # least recently used goes first
-        else:
-            self._cache[b] = self.store.read_block(b, self._names())
-            while len(self._cache) > self.cache_blocks:
-                self._cache.popitem(last=False)
-        return self._cache[b]
+    def _raw(self, name: str) -> bool:
+        direct = self.store._chunk_files(name)
+        return direct is not None and direct.raw
+
+    def _block(self, b: int, raw: bool, wait: bool = True) -> dict | None:
+        """The raw (or the other) arrays of block b, read whole once and cached, whichever thread
+        asks first; another asking meanwhile waits for that read. With wait=False, None unless the
+        read has finished."""
+        key, mine = (b, raw), False
+        with self._lock:
+            pending = self._cache.get(key)
+            if pending is not None:
+                self._cache.move_to_end(key)  # least recently used goes first
+            elif not wait:
+                return None
+            else:
+                pending, mine = Future(), True
+                self._cache[key] = pending
+                while len(self._cache) > 2 * self.cache_blocks:
+                    self._cache.popitem(last=False)
+        if not wait and not pending.done():
+            return None
+        if mine:
+            try:
+                pending.set_result(self.store.read_block(b, [n for n in self._names() if self._raw(n) == raw]))
+            except BaseException as e:
+                pending.set_exception(e)
+                with self._lock:
+                    if self._cache.get(key) is pending:
+                        del self._cache[key]
+                raise
+        return pending.result()
 
     def warm(self, k: int) -> None:
-        """Read the blocks batch k will need into the cache (a read-ahead helper calls this early,
-        so a shuffle group's first batch, which touches every block of the group, finds them read)."""
-        for b in self._blocks_of(k):
-            self._block(b)
+        """Read the blocks batch k will need into the cache: first the small arrays of each, then
+        the raw ones (a batch being built meanwhile waits only for the small ones)."""
+        blocks = self._blocks_of(k)
+        for raw in (False, True):
+            for b in blocks:
+                self._block(b, raw)
 
     def hint(self, k: int) -> None:
-        """Ask the OS to start reading the blocks batch k will need that are not cached yet
-        (`Store.prefetch`): the disk works while the student does, and `warm` later copies from memory."""
+        """Ask the OS to start reading the blocks batch k will need (`Store.prefetch`; not the raw
+        chunks it reads by direct I/O), once each: the disk works while the student does."""
         for b in self._blocks_of(k):
-            if b not in self._cache and b not in self._hinted:  # a group's batches share its blocks
+            if b not in self._hinted:  # a group's batches share its blocks
                 self._hinted.add(b)
                 self.store.prefetch(b, self._names())
 
@@ -114,19 +159,24 @@ class StoreBatches(torch.utils.data.Dataset):
         return np.unique(self.plan[k] // self.store.layout.block_rows).tolist()
 
     def _gather(self, rows: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Arrays at sorted global `rows`, in that order, read through the block cache: each block's
-        rows are copied once, straight into the batch's array."""
-        block_rows = self.store.layout.block_rows
+        """Arrays at sorted global `rows`, in that order: each block's rows are copied once, straight
+        into the batch's array, from the cache or (raw arrays of a block not read yet) the file."""
+        layout = self.store.layout
+        block_rows, arrays = layout.block_rows, layout.arrays()
         blocks = rows // block_rows
-        out: dict[str, np.ndarray] = {}
+        out = {n: _empty((len(rows), *arrays[n][0][1:]), np.dtype(arrays[n][2])) for n in names or self._names()}
         start = 0
-        for b in np.unique(blocks):
-            data = self._block(int(b))
+        for b in np.unique(blocks).tolist():
             local = rows[blocks == b] - b * block_rows
-            for n in names or data:
-                if n not in out:
-                    out[n] = _empty((len(rows), *data[n].shape[1:]), data[n].dtype)
-                np.take(data[n], local, axis=0, out=out[n][start : start + len(local)], mode="clip")
+            for n, batch in out.items():
+                dest = batch[start : start + len(local)]
+                raw = self._raw(n)
+                block = self._block(b, raw, wait=not raw)
+                if block is None:
+                    if self.store.read_rows(n, b, local, dest):
+                        continue
+                    block = self._block(b, raw)  # a chunk file it could not vouch for: zarr will say why
+                np.take(block[n], local, axis=0, out=dest, mode="clip")
             start += len(local)
         return out
 
@@ -203,9 +253,9 @@ def _pad_positions(t: Targets, seq_len: int) -> Targets:
 def loader(dataset, workers: int = 0, ahead: int = 1, warm_ahead: int = 8, hint_ahead: int = 24):
     """Batches in order. With workers, a DataLoader (worker processes); without, an idle-priority
     helper thread (kdcore.threads) builds the next `ahead` batches while the caller trains on this
-    one, reads the store blocks of the batch `warm_ahead` steps on, and asks the OS to fetch those
-    of the batch `hint_ahead` steps on: disk reads, copies and decoding overlap the student's steps,
-    and built batches (a seed-mode noise batch can be hundreds of MB) stay few. Items are pure in k:
+    one, and an I/O thread reads the store blocks of the batch `warm_ahead` steps on and asks the
+    OS to fetch those of the batch `hint_ahead` steps on: disk reads, copies and decoding overlap the
+    student's steps, and built batches (a seed-mode noise batch can be hundreds of MB) stay few. Items are pure in k:
     the order of work changes nothing. The DataLoader gets its own generator: by default each new
     iterator draws its base seed from torch's global RNG, which would make a resumed run's RNG
     stream (dropout, the sld-cosine shuffle) differ from an uninterrupted one's."""
@@ -224,23 +274,31 @@ def _by_batch(dataset, method: str) -> Callable[[int], None]:
 
 
 def _read_ahead(dataset, ahead: int, warm_ahead: int, hint_ahead: int):
+    def wait(item):  # for the first item, not its result: its error reaches the caller through it
+        if item is not None:
+            futures.wait([item])
+
     n, warm, hint = len(dataset), _by_batch(dataset, "warm"), _by_batch(dataset, "hint")
-    with background("read") as helper:  # one thread: the block cache is only ever touched by it
+    # Two threads. The helper builds batches at idle priority. The I/O thread, at normal priority,
+    # reads blocks ahead: it mostly waits for the disk, and would otherwise only get to ask for
+    # them once the student waits for a batch (both cores are the student's while it steps).
+    with background("read") as helper, background("io", idle=False) as io:
         first = range(min(warm_ahead, n))
         for k in first:  # the disk fetches the first blocks together, not one read after another
-            helper.submit(hint, k)
-        for k in first:
-            helper.submit(warm, k)
+            io.submit(hint, k)
         pending = deque(helper.submit(dataset.__getitem__, k) for k in range(min(ahead, n)))
+        # the first batch reads its own rows, before the whole blocks of its group queue on the disk
+        io.submit(wait, pending[0] if pending else None)
+        for k in first:
+            io.submit(warm, k)
         for k in range(warm_ahead, min(hint_ahead, n)):
-            helper.submit(hint, k)
+            io.submit(hint, k)
         for k in range(n):
             item = pending.popleft().result()
-            # the batch needed soonest first: it must not queue behind reads for later ones
             if k + ahead < n:
                 pending.append(helper.submit(dataset.__getitem__, k + ahead))
             if k + warm_ahead < n:
-                helper.submit(warm, k + warm_ahead)
+                io.submit(warm, k + warm_ahead)
             if k + hint_ahead < n:
-                helper.submit(hint, k + hint_ahead)
+                io.submit(hint, k + hint_ahead)
             yield item

@@ -46,9 +46,10 @@ def _spreader(idle: bool) -> Callable[[], None]:
     return init
 
 
-def background(name: str) -> ThreadPoolExecutor:
-    """A one-thread executor at idle priority (use it as a context manager)."""
-    return ThreadPoolExecutor(1, thread_name_prefix=f"kd-{name}", initializer=_helper)
+def background(name: str, idle: bool = True) -> ThreadPoolExecutor:
+    """A one-thread executor at idle priority, or at normal priority for a thread that mostly
+    waits (use it as a context manager)."""
+    return ThreadPoolExecutor(1, thread_name_prefix=f"kd-{name}", initializer=_helper if idle else None)
 
 
 def spread(fn: Callable[[int], None], n: int) -> None:

@@ -86,10 +86,14 @@ def _read(store: Store, name: str, rows) -> np.ndarray:
     return np.asarray(store.array(name)[:])[rows]
 
 
-def test_store_batches_match_direct_reads(seed_store):
+@pytest.mark.parametrize("cache_blocks", [16, 1])
+def test_store_batches_match_direct_reads(seed_store, cache_blocks):
+    """Through the loader: its I/O thread fills the block cache while its helper builds batches
+    from it (with one block cached, each evicts what the other may be using)."""
     spec, builder, store = seed_store
     plan = epoch_plan(store.layout.num_samples, store.layout.block_rows, 8, 2, seed=0, epoch=1)
-    batches = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise"), spec.datasets["noise"].seed)
+    batches = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise"), spec.datasets["noise"].seed,
+                           cache_blocks=cache_blocks)
     for k, batch in enumerate(loader(batches)):
         rows = np.sort(plan[k])
         assert np.array_equal(batch.rows, rows)
@@ -103,6 +107,39 @@ def test_store_batches_match_direct_reads(seed_store):
     # resuming at batch 3: a Subset keeps the plan's order
     tail = [b.rows.tolist() for b in loader(torch.utils.data.Subset(batches, range(3, len(plan))))]
     assert tail == [np.sort(r).tolist() for r in plan[3:]]
+
+
+@pytest.mark.parametrize("which", ["seed", "dense"])
+def test_batches_from_rows_from_cached_blocks_and_in_a_worker_agree(which, seed_store, dense_store):
+    """A batch whose blocks are not read yet takes the raw arrays' rows from their files (only the
+    compressed arrays' blocks are decoded and cached); one built after `warm` takes every array
+    from cached blocks. Both equal zarr's rows, as does one built from a pickled copy (what a
+    DataLoader worker gets: settings, no open store or cache)."""
+    spec, builder, store = seed_store if which == "seed" else dense_store
+    plan = epoch_plan(store.layout.num_samples, store.layout.block_rows, 8, 2, seed=0, epoch=0)
+    make = lambda: builder.sampler("noise")  # noqa: E731
+    raw = [n for n in ("logits", "inputs") if n in store.layout.arrays()]
+    assert raw  # each store has a vocab-sized array stored raw
+    for k in range(len(plan)):
+        rows = np.sort(plan[k])
+        fresh = StoreBatches(store.path, plan, 6, make, spec.datasets["noise"].seed)
+        by_rows = fresh[k]
+        assert fresh._cache and not any(is_raw for _, is_raw in fresh._cache)  # raw rows were read alone
+        warmed = StoreBatches(store.path, plan, 6, make, spec.datasets["noise"].seed)
+        warmed.warm(k)
+        assert {b for b, is_raw in warmed._cache if is_raw} == set((rows // store.layout.block_rows).tolist())
+        from_blocks = warmed[k]
+        copied = copy.deepcopy(warmed)  # through __getstate__, as pickling for a spawned worker
+        assert not copied._cache and copied._store is None
+        for batch in (by_rows, from_blocks, copied[k]):
+            for name in raw:
+                got = batch.inputs.soft if name == "inputs" else batch.targets.logits
+                expected = torch.from_numpy(_read(store, name, rows))
+                if name == "inputs":
+                    expected = torch.nn.functional.pad(expected.float(), (0, 0, 0, 6 - expected.shape[1]))
+                assert torch.equal(got, expected), (k, name)
+            if store.layout.logits == "topk":
+                assert torch.equal(batch.targets.indices, torch.from_numpy(_read(store, "topk_indices", rows).astype(np.int64))[:, :6])
 
 
 def test_seed_mode_regenerates_the_inputs_the_teacher_saw(seed_store):

@@ -37,41 +37,48 @@ def test_spread_covers_every_index_once_in_any_thread():
 
 
 class Items(torch.utils.data.Dataset):
-    """Item k is k squared; records which blocks were warmed and fails at `bad`."""
+    """Item k is k squared; records what was warmed and hinted, in which thread, and fails at `bad`."""
 
     def __init__(self, n, bad=None):
-        self.n, self.bad, self.warmed, self.hinted, self.events, self.threads = n, bad, [], [], [], set()
+        self.n, self.bad, self.warmed, self.hinted, self.events = n, bad, [], [], []
 
     def __len__(self):
         return self.n
 
+    def _record(self, what, k):
+        self.events.append((what, k, threading.current_thread().name))
+
     def warm(self, k):
         self.warmed.append(k)
-        self.events.append(("warm", k))
+        self._record("warm", k)
 
     def hint(self, k):
         self.hinted.append(k)
-        self.events.append(("hint", k))
+        self._record("hint", k)
 
     def __getitem__(self, k):
-        self.threads.add(threading.current_thread().name)
         if k == self.bad:
             raise ValueError(f"item {k} is corrupt")
-        self.events.append(("get", k))
+        self._record("get", k)
         return k * k
 
 
-def test_read_ahead_keeps_order_warms_ahead_and_works_in_a_helper():
+def test_read_ahead_keeps_order_reads_ahead_in_its_own_threads():
     items = Items(20)
     assert list(loader(items, ahead=3, warm_ahead=5, hint_ahead=9)) == [k * k for k in range(20)]
     assert sorted(items.warmed) == list(range(20))  # every batch's blocks read ahead of it, once
     assert sorted(items.hinted) == list(range(20))  # and the OS asked to fetch them before that
-    when = {e: i for i, e in enumerate(items.events)}
-    assert all(when[("hint", k)] < when[("warm", k)] < when[("get", k)] for k in range(20))
-    # queued as batch k - 9 (hint) or k - 5 (warm) is handed over, behind batch k - 9 + 3 or k - 5 + 3
-    assert all(when[("hint", k)] < when[("get", k - 5)] for k in range(9, 20))
-    assert all(when[("warm", k)] < when[("get", k - 1)] for k in range(1, 20))
-    assert all(name.startswith("kd-read") for name in items.threads)
+    # batches are built in the idle-priority helper; blocks are read in the I/O thread, in this order:
+    # the first group hinted; then (once the first batch is built from its own rows) read; then each
+    # batch's blocks as batch k - 5 (read) or k - 9 (hint) is handed over
+    gets = [(w, k) for w, k, thread in items.events if thread.startswith("kd-read")]
+    io = [(w, k) for w, k, thread in items.events if thread.startswith("kd-io")]
+    assert gets == [("get", k) for k in range(20)]
+    later = [e for k in range(20) for e in (("warm", k + 5), ("hint", k + 9)) if e[1] < 20]
+    assert io == ([("hint", k) for k in range(5)] + [("warm", k) for k in range(5)]
+                  + [("hint", k) for k in range(5, 9)] + later)
+    when = {(w, k): i for i, (w, k, _) in enumerate(items.events)}
+    assert when[("get", 0)] < when[("warm", 0)]
     subset = torch.utils.data.Subset(Items(20), range(7, 12))  # a resumed epoch
     assert list(loader(subset)) == [k * k for k in range(7, 12)]
     assert sorted(subset.dataset.warmed) == list(range(7, 12))

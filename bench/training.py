@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import shutil
 import statistics
 import sys
@@ -38,20 +37,7 @@ from kdcore.components import Inputs, Targets  # noqa: E402
 from kdcore.data import Batch, StoreBatches, epoch_plan, loader  # noqa: E402
 from kdcore.generate import generate  # noqa: E402
 from kdcore.spec import parse_spec  # noqa: E402
-
-
-def evict(path: Path) -> None:
-    """Drop one directory's files from the page cache (posix_fadvise DONTNEED), so the next read
-    comes from disk. Only these files: dropping the whole cache also evicted torch's own libraries,
-    whose re-reading then landed in whichever run came next."""
-    os.sync()
-    for f in path.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+from kdcore.store import drop_from_page_cache as evict  # noqa: E402
 
 
 def step(student, optimizer, loss_fn, batch: Batch):

@@ -403,6 +403,20 @@ def _takes_direct_io(path: Path) -> bool:
     return True
 
 
+def drop_from_page_cache(path: Path) -> None:
+    """Drop a directory's files from the OS's page cache (posix_fadvise DONTNEED), so the next read
+    comes from the disk: for benchmarks and tests of cold reads. Only these files: dropping the whole
+    cache also evicts torch's own libraries, whose re-reading lands in whatever runs next."""
+    os.sync()
+    for f in Path(path).rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def _libc():
     """libc's mmap/mincore/munmap through ctypes (Linux), or None."""
     global _LIBC

@@ -14,6 +14,7 @@ import pytest
 from kdcore.errors import StoreError
 from kdcore.inspect import inspect_store
 from kdcore.store import Layout, Store
+from kdcore.store import drop_from_page_cache as evict
 
 
 def layout(**kw) -> Layout:
@@ -132,18 +133,6 @@ def test_blocks_read_from_chunk_files_equal_zarr_reads(tmp_path, kw):
             assert np.array_equal(direct[name], value), name
             assert direct[name].flags.writeable
         store.prefetch(b, list(expected))  # a hint: nothing to check but that it is harmless
-
-
-def evict(path: Path) -> None:
-    """Drop a directory's files from the page cache (posix_fadvise DONTNEED)."""
-    os.sync()
-    for f in path.rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def cached(path: Path) -> bool:

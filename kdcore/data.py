@@ -103,10 +103,6 @@ class StoreBatches(torch.utils.data.Dataset):
     def _names(self) -> list[str]:
         return [n for n in self.store.layout.arrays() if n not in ("committed", "seed")]
 
-    def _raw(self, name: str) -> bool:
-        direct = self.store._chunk_files(name)
-        return direct is not None and direct.raw
-
     def _block(self, b: int, raw: bool, wait: bool = True) -> dict | None:
         """The raw (or the other) arrays of block b, read whole once and cached, whichever thread
         asks first; another asking meanwhile waits for that read. With wait=False, None unless the
@@ -127,7 +123,8 @@ class StoreBatches(torch.utils.data.Dataset):
             return None
         if mine:
             try:
-                pending.set_result(self.store.read_block(b, [n for n in self._names() if self._raw(n) == raw]))
+                names = [n for n in self._names() if self.store.by_row(n) == raw]
+                pending.set_result(self.store.read_block(b, names))
             except BaseException as e:
                 pending.set_exception(e)
                 with self._lock:
@@ -170,7 +167,7 @@ class StoreBatches(torch.utils.data.Dataset):
             local = rows[blocks == b] - b * block_rows
             for n, batch in out.items():
                 dest = batch[start : start + len(local)]
-                raw = self._raw(n)
+                raw = self.store.by_row(n)
                 block = self._block(b, raw, wait=not raw)
                 if block is None:
                     if self.store.read_rows(n, b, local, dest):
@@ -255,10 +252,10 @@ def loader(dataset, workers: int = 0, ahead: int = 1, warm_ahead: int = 8, hint_
     helper thread (kdcore.threads) builds the next `ahead` batches while the caller trains on this
     one, and an I/O thread reads the store blocks of the batch `warm_ahead` steps on and asks the
     OS to fetch those of the batch `hint_ahead` steps on: disk reads, copies and decoding overlap the
-    student's steps, and built batches (a seed-mode noise batch can be hundreds of MB) stay few. Items are pure in k:
-    the order of work changes nothing. The DataLoader gets its own generator: by default each new
-    iterator draws its base seed from torch's global RNG, which would make a resumed run's RNG
-    stream (dropout, the sld-cosine shuffle) differ from an uninterrupted one's."""
+    student's steps, and built batches (a seed-mode noise batch can be hundreds of MB) stay few.
+    Items are pure in k: the order of work changes nothing. The DataLoader gets its own generator:
+    by default each new iterator draws its base seed from torch's global RNG, which would make a
+    resumed run's RNG stream (dropout, the sld-cosine shuffle) differ from an uninterrupted one's."""
     if workers == 0:
         return _read_ahead(dataset, ahead, warm_ahead, max(hint_ahead, warm_ahead))
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,

@@ -220,11 +220,15 @@ class Store:
             out[n] = block if block is not None else np.asarray(self.array(n)[lo:hi])
         return out
 
+    def by_row(self, name: str) -> bool:
+        """Whether `read_rows` can read array `name`: its chunk files are read directly and raw."""
+        direct = self._chunk_files(name)
+        return direct is not None and direct.raw
+
     def read_rows(self, name: str, b: int, local: np.ndarray, out: np.ndarray) -> bool:
         """Rows `local` (sorted, counted from the block's start) of block b of array `name` into `out`,
         from a raw chunk file; False where that cannot be done (the caller reads the block instead)."""
-        direct = self._chunk_files(name)
-        return direct is not None and direct.raw and direct.read_rows(b, local, out)
+        return self.by_row(name) and self._chunk_files(name).read_rows(b, local, out)
 
     def _chunk_files(self, name: str) -> "_ChunkFiles | None":
         if name not in self._chunks:

@@ -54,18 +54,16 @@ def student_seq_len(spec: Spec) -> int:
 RUN_ONLY = ("workers", "checkpoint_every")
 
 
-def training_identity(spec: Spec, teachers: dict[str, str | None] | None = None) -> dict:
+def training_identity(spec: Spec, teachers: dict[str, str | None]) -> dict:
     """What a trained student depends on: the spec's student, phases and datasets, and (`teachers`)
     the fingerprint of the teacher that generated each dataset's store. The spec alone misses a
     teacher whose weights changed at the same path: its stores regenerate with other targets."""
     data = spec.resolved()
-    used = {p.dataset for p in spec.phases}
+    used = sorted({p.dataset for p in spec.phases})
     phases = [{k: v for k, v in p.items() if k not in RUN_ONLY} for p in data["phases"]]
-    out = {"student": data["student"], "phases": phases,
-           "datasets": {k: spec.dataset_identity(k) for k in sorted(used)}}
-    if teachers is not None:
-        out["store_teachers"] = {k: teachers.get(k) for k in sorted(used)}
-    return out
+    return {"student": data["student"], "phases": phases,
+            "datasets": {k: spec.dataset_identity(k) for k in used},
+            "store_teachers": {k: teachers.get(k) for k in used}}
 
 
 def store_teachers(spec: Spec) -> dict[str, str | None]:

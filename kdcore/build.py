@@ -129,3 +129,27 @@ class Builder:
             for j, loss in enumerate(phase.losses)
         ]
 
+
+    def check_purity(self, dataset: str, sampler) -> None:
+        """`kd validate --check`: a few samples drawn in a batch, again, alone and in another order
+        must be equal: a sample is a pure function of (seed, index)."""
+        seed = self.spec.datasets[dataset].seed
+        batch = sampler.sample([0, 1, 2, 3], seed)
+        draws = {"drawn again": (sampler.sample([0, 1, 2, 3], seed), [0, 1, 2, 3]),
+                 "drawn alone": (sampler.sample([2], seed), [2]),
+                 "drawn in another batch": (sampler.sample([3, 1], seed), [3, 1])}
+        for how, (other, indices) in draws.items():
+            for row, index in enumerate(indices):
+                if not _same_row(batch, index, other, row):
+                    raise SpecError(self.spec.source, [(f"datasets.{dataset}.sampler", f"sampler "
+                                    f"'{self.spec.datasets[dataset].sampler.name}' is not a pure function of (seed, "
+                                    f"index): sample {index} differs when {how}")])
+
+
+def _same_row(a, i: int, b, j: int) -> bool:
+    import torch
+
+    if int(a.lengths[i]) != int(b.lengths[j]):
+        return False
+    x, y = (a.ids, b.ids) if a.ids is not None else (a.soft, b.soft)
+    return x is not None and y is not None and torch.equal(x[i], y[j])

@@ -24,7 +24,24 @@ err = Console(stderr=True)
 SpecArg = typer.Argument(..., help="experiment spec (TOML)", show_default=False)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from kdcore import __version__
+
+        out.print(f"llamakd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
+    """LlamaKD: data-free knowledge distillation of language models."""
+
+
 def main() -> None:
+    from kdcore.tuning import tune_process
+
+    tune_process()  # the long-running commands' allocator settings (kdcore/tuning.py)
     try:
         app()
     except SystemExit as e:
@@ -44,41 +61,49 @@ def _spec(path: Path):
 
 
 @app.command()
-def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json", help="print JSON")):
-    """Validate a spec; print it resolved (defaults filled in) and the student's parameter count."""
+def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json", help="print JSON"),
+             check: bool = typer.Option(False, "--check", help="also draw a few samples twice from each sampler "
+                                        "(alone and in a batch) and report one that is not a pure function of "
+                                        "(seed, index); runs the teacher for samplers that need it")):
+    """Validate a spec; print it resolved (defaults filled in), the student's size and initial weights.
+    Reads the teacher's config, never its weights (unless --check runs a sampler that needs them)."""
     s = _spec(spec)  # before the heavy imports below: most mistakes are reported at once
 
     from kdcore.build import Builder
     from kdcore.train import count_parameters, student_seq_len
 
     builder = Builder(s)
-    builder.teacher  # every check below needs the teacher's vocabulary and positions
     problems: list[tuple[str, str]] = []
 
-    def check(build):  # collect the problems of every component, to report them all at once
+    def attempt(build):  # collect the problems of every component, to report them all at once
         try:
             return build()
         except SpecError as e:
             problems.extend(e.problems)
 
-    student = check(lambda: builder.student(student_seq_len(s)))  # the length training builds it with
-    for name in s.datasets:
-        check(lambda: builder.sampler(name))
+    student = attempt(lambda: builder.student(student_seq_len(s)))  # the length training builds it with
+    samplers = {name: attempt(lambda: builder.sampler(name)) for name in s.datasets}
     for i in range(len(s.phases)):
-        check(lambda: builder.losses(i))
+        attempt(lambda: builder.losses(i))
         if student is not None:
-            check(lambda: builder.check_phase(i, student))
-    check(builder.check_eval)
+            attempt(lambda: builder.check_phase(i, student))
+    attempt(builder.check_eval)
+    if check:
+        for name, sampler in samplers.items():
+            if sampler is not None:
+                attempt(lambda: builder.check_purity(name, sampler))
     if problems:
         raise SpecError(s.source, list(dict.fromkeys(problems)))
     info = {"spec": s.resolved(), "teacher_vocab": builder.teacher.vocab_size,
-            "student_parameters": count_parameters(student)}
+            "student_parameters": count_parameters(student),
+            "student_init": getattr(student, "init_source", "random (seeded by phases[0].seed)")}
     if json_out:
         out.print_json(json.dumps(info))
         return
     out.print_json(json.dumps(info["spec"]))
     out.print(f"[green]{escape(str(spec))}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
-              f"student '{s.student.name}' has {info['student_parameters']:,} parameters")
+              f"student '{s.student.name}' has {info['student_parameters']:,} parameters, initial weights: "
+              f"{escape(info['student_init'])}" + (", samplers pure" if check else ""))
 
 
 @app.command()
@@ -167,12 +192,33 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders (runs/<expe
 
 
 @app.command()
-def study(folder: Path = typer.Argument(..., help="a folder of specs, e.g. experiments/study"),
+def study(folders: list[Path] = typer.Argument(..., help="folders of specs, e.g. experiments/study"),
           output: Optional[Path] = typer.Option(None, "--out", help="default: <runs_dir>/study")):
-    """Run every spec in a folder (resumable), then compare them in one table and one PNG."""
+    """Run every spec in the folders (resumable), then compare them: a table per evaluation text, and
+    agreement and KL against the budget where a recipe ran at several."""
     from kdcore.study import run_study
 
-    run_study(folder, output)
+    run_study(folders, output)
+
+
+@app.command()
+def sample(spec: Path = SpecArg, prompt: str = typer.Argument(..., help="text to continue"),
+           max_new_tokens: int = typer.Option(24, min=0, help="tokens to add"),
+           temperature: float = typer.Option(0.0, min=0.0, help="0: greedy; else sample at this temperature"),
+           top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="nucleus sampling (with temperature > 0)"),
+           seed: int = typer.Option(0, min=0, help="seed of the sampling"),
+           chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template")):
+    """The teacher's and the trained student's continuations of PROMPT, side by side."""
+    from kdcore.sample import continue_both
+
+    rows = continue_both(_spec(spec), prompt, max_new_tokens, temperature, top_p, seed, chat)
+    table = Table(title=f"{escape(prompt)!r} ({'greedy' if temperature == 0 else f'T={temperature:g}, top-p {top_p:g}'})",
+                  show_lines=True)
+    table.add_column("model")
+    table.add_column("continuation", overflow="fold")
+    for who, text in rows:
+        table.add_row(who, escape(repr(text)))
+    out.print(table)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`kd compare`: evaluation reports of several runs side by side."""
+"""`kd compare`: evaluation reports of several runs side by side, on each text they were evaluated on,
+and, where one recipe ran at several budgets, agreement and KL against the budget."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import json
 from pathlib import Path
 
 from kdcore.errors import KDError
+from kdcore.report import markdown_table, rich_table, teacher_row, with_unigram_ratio
 
-COLUMNS = ("top1_agreement", "top5_overlap", "kl_teacher_student", "perplexity", "distinct_predicted")
+PLOTTED = ["top1_agreement", "top5_overlap", "kl_teacher_student", "distinct_predicted"]
 
 
 def load_report(ref: Path) -> dict:
@@ -24,53 +26,60 @@ def load_report(ref: Path) -> dict:
         report["results"]["student"], report["teacher"]["perplexity"]  # noqa: B018 (the keys read below)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise KDError(f"{path}: not a readable evaluation report ({type(e).__name__}: {e}); re-run `kd eval`") from None
+    report.setdefault("texts", {report["text"]: {k: report[k] for k in ("windows", "teacher", "results")}})
     return report
 
 
-def compare_rows(reports: list[dict]) -> list[dict]:
-    """One row per run's student, then the baselines of the first run, then the teacher."""
-    for key in ("text", "windows", "seq_len", "positions"):
+def common_texts(reports: list[dict]) -> list[str]:
+    """The texts every run was evaluated on, the first run's order."""
+    return [t for t in reports[0]["texts"] if all(t in r["texts"] for r in reports)]
+
+
+def compare_rows(reports: list[dict], text: str | None = None) -> list[dict]:
+    """One row per run's student, then the baselines of the first run, then the teacher, on `text`
+    (default: the first run's main text); perplexity also as a ratio to the unigram's."""
+    text = text or reports[0]["text"]
+    for key in ("seq_len", "positions"):
         seen = {str(r.get(key)) for r in reports}
         if len(seen) > 1:
             raise KDError(f"runs were evaluated with different {key} ({', '.join(sorted(seen))}); compare like with like")
-    rows = [{"label": r["experiment"], **r["results"]["student"]} for r in reports]
-    base = reports[0]
+    missing = [r["experiment"] for r in reports if text not in r["texts"]]
+    if missing:
+        raise KDError(f"runs {', '.join(missing)} were not evaluated on {text}")
+    windows = {r["texts"][text]["windows"] for r in reports}
+    if len(windows) > 1:
+        raise KDError(f"runs were evaluated on different windows of {text} ({sorted(windows)}); compare like with like")
+    on = [r["texts"][text] for r in reports]
+    rows = [{"label": r["experiment"], **t["results"]["student"]} for r, t in zip(reports, on)]
+    base, first = reports[0], on[0]
     # baselines of the first run (its student architecture, for the untrained one)
-    rows += [{"label": name if len(reports) == 1 else f"{name} ({base['experiment']})", **base["results"][name]}
+    rows += [{"label": name if len(reports) == 1 else f"{name} ({base['experiment']})", **first["results"][name]}
              for name in ("untrained", "unigram")]
-    rows.append({"label": "teacher", "top1_agreement": 1.0, "top5_overlap": 1.0, "kl_teacher_student": 0.0,
-                 "perplexity": base["teacher"]["perplexity"], "distinct_predicted": base["teacher"]["distinct_predicted"]})
-    return rows
+    rows.append(teacher_row(first["teacher"]))
+    return with_unigram_ratio(rows, first["results"]["unigram"]["perplexity"])
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| run | top-1 agreement | top-5 overlap | KL(teacher‖student) | perplexity | distinct predicted |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['label']} | {r['top1_agreement']:.3f} | {r['top5_overlap']:.3f} | "
-                     f"{r['kl_teacher_student']:.3f} | {r['perplexity']:.1f} | {r['distinct_predicted']} |")
-    return "\n".join(lines)
-
-
-def compare_runs(refs: list[Path], out_dir: Path | None, console) -> list[dict]:
-    from rich.table import Table
-
-    from kdcore.plots import plot_bars
-
+def compare_runs(refs: list[Path], out_dir: Path | None, console) -> dict[str, list[dict]]:
+    """Print (and with `out_dir`, write) one table per common text; returns {text: rows}."""
     reports = [load_report(r) for r in refs]
-    rows = compare_rows(reports)
-    table = Table(title=f"vs teacher on {reports[0]['text']} ({reports[0]['windows']} windows)")
-    for col in ("run", "top-1 agree", "top-5 overlap", "KL(t‖s)", "ppl", "distinct"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for r in rows:
-        table.add_row(r["label"], f"{r['top1_agreement']:.3f}", f"{r['top5_overlap']:.3f}",
-                      f"{r['kl_teacher_student']:.3f}", f"{r['perplexity']:.1f}", str(r["distinct_predicted"]))
-    console.print(table)
+    tables = {text: compare_rows(reports, text) for text in common_texts(reports)}
+    for text, rows in tables.items():
+        console.print(rich_table(rows, f"vs teacher on {text} ({reports[0]['texts'][text]['windows']} windows)"))
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "compare.json").write_text(json.dumps(rows, indent=2))
-        (out_dir / "compare.md").write_text(markdown_table(rows) + "\n")
-        plot_bars(rows, list(COLUMNS[:3]) + ["distinct_predicted"], out_dir / "compare.png", "runs vs teacher")
+        write_comparison(reports, tables, Path(out_dir))
         console.print(f"written: {out_dir}/compare.md, compare.json, compare.png")
-    return rows
+    return tables
+
+
+def write_comparison(reports: list[dict], tables: dict[str, list[dict]], out_dir: Path, footer: str = "") -> None:
+    from kdcore.plots import plot_bars, plot_budget
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main = reports[0]["text"]
+    (out_dir / "compare.json").write_text(json.dumps(tables[main], indent=2))
+    (out_dir / "compare_texts.json").write_text(json.dumps(tables, indent=2))
+    sections = [f"### {text}\n\n{markdown_table(rows)}\n" for text, rows in tables.items()]
+    (out_dir / "compare.md").write_text("\n".join(sections) + (f"\n{footer}\n" if footer else ""))
+    plot_bars(tables[main], PLOTTED, out_dir / "compare.png", f"runs vs teacher on {main}")
+    if len({json.dumps(r.get("budget")) for r in reports}) > 1:
+        plot_budget(reports, out_dir / "budget.png")

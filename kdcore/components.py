@@ -106,6 +106,12 @@ class Targets:
         return Targets(values=values, indices=indices, logsumexp=torch.logsumexp(logits, -1))
 
 
+def last_positions(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x (B, S, ...) at each row's last valid position, lengths - 1: (B, ...)."""
+    last = (lengths.to(x.device) - 1).clamp(min=0)
+    return x[torch.arange(x.shape[0], device=x.device), last]
+
+
 # --- contexts handed to components ----------------------------------------------------------------
 
 
@@ -122,13 +128,25 @@ class BuildContext:
 
 
 # --- protocols ------------------------------------------------------------------------------------
+# What core calls or reads on each kind of component, and nothing more. `check_contract` checks a
+# built component against these when the builder makes it, so a plugin that misses a piece is told
+# so by name instead of failing deep inside a stage.
 
 
 @runtime_checkable
 class Teacher(Protocol):
+    """A frozen causal LM that takes float vocab rows as well as token ids.
+
+    `vocab_size` and `max_positions` must be known without loading the weights (from the model's
+    config, GGUF metadata or params.json), so `kd validate` and `kd run --dry-run` stay cheap.
+    """
+
     name: str
     vocab_size: int
+    max_positions: int | None  # longest sequence it takes; None: no limit
     device: torch.device
+    dtype: torch.dtype
+    identity: dict  # what names this teacher in a spec (recorded in every store it generates)
 
     def embedding_weight(self) -> torch.Tensor:
         """(V, D) input embedding matrix E."""
@@ -158,27 +176,135 @@ class TextTokenizer(Protocol):
     def chat(self, prompt: str) -> list[int]:
         """Token ids of `prompt` wrapped in the model's chat format."""
 
+    # optional: save_pretrained(directory) writes files `transformers.AutoTokenizer` loads; a
+    # reverted student's folder then carries the tokenizer too
+
 
 class Sampler(Protocol):
+    """Turns (dataset seed, sample indices) into input sequences; each row depends only on
+    (seed, index), so a sample is the same whatever the batch, process count or resume point."""
+
     produces: Literal["ids", "soft"]
     deterministic: Literal["pure", "device"]  # 'device': pure on a given device and dtype
+    runs_teacher: bool  # regenerating a sample costs teacher forwards (optional; default False)
 
     def sample(self, indices: Sequence[int], seed: int) -> Inputs:
-        """Samples `indices` of the dataset with this seed; each row depends only on (seed, index)."""
+        """(B, S) int64 ids in [0, V) or (B, S, V) float rows, lengths in [1, S], B = len(indices)."""
 
 
 class Student(Protocol):
-    """An nn.Module: `forward(inputs: Inputs) -> logits` ((B, V) last or (B, S, V) all positions)."""
+    """An nn.Module whose first layer, `Linear(vocab, d)`, reads float vocab rows.
 
-    positions: tuple[str, ...]  # which target positions it can learn from
+    Optional: `init_weights(teacher)`, called once when training starts from scratch (phase 0, no
+    checkpoint) and on evaluation's untrained baseline, for students whose initial weights come from
+    the teacher; `init_source` (str) says where the initial weights come from (`kd validate`).
+    """
 
-    def revert(self) -> torch.nn.Module:
-        """The same model taking token ids: its first Linear(vocab, d) folded into an Embedding."""
+    positions: tuple[str, ...]  # which target positions it can learn from: "last", "all"
+
+    def forward(self, inputs: Inputs, positions: Positions = "last") -> torch.Tensor:
+        """Logits: (B, V) at each sample's last valid position, or (B, S, V) for positions="all"."""
+
+    def revert(self) -> "RevertedStudent":
+        """The same function on token ids: the first Linear(vocab, d) folded into an Embedding."""
+
+
+class RevertedStudent(Protocol):
+    """A student that reads token ids: what a run ships in runs/<name>/reverted/ and `kd eval`
+    measures (`kdcore.artifact.load_student` loads it back).
+
+    Optional: `save_pretrained(directory)` to write a standard folder (a transformers causal LM, say)
+    instead of the generic one (safetensors + config.json, rebuilt from the student's plugin), and
+    `generate(ids, steps) -> list[int]` for greedy decoding with a cache instead of re-running a window.
+    """
+
+    positions: tuple[str, ...]
+    max_seq_len: int | None  # the longest window it reads; None: any length
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, positions: Positions = "last") -> torch.Tensor:
+        """Logits for ids (B, S) int64: (B, V) at position lengths-1, or (B, S, V) for "all"."""
 
 
 class Loss(Protocol):
     def __call__(self, student_logits: torch.Tensor, targets: Targets, mask: torch.Tensor | None) -> torch.Tensor:
         """A scalar; `mask` (B, S) selects valid positions when positions = 'all', else None."""
+
+
+CONTRACTS: dict[str, dict[str, str]] = {
+    # kind -> attribute -> what it is, for the message when a component lacks it
+    "teacher": {"vocab_size": "an int", "max_positions": "an int or None", "device": "a torch.device",
+                "dtype": "a torch.dtype", "identity": "a dict", "embedding_weight": "a method",
+                "fingerprint": "a method", "logits": "a method", "tokenizer": "a method"},
+    "sampler": {"produces": "'ids' or 'soft'", "deterministic": "'pure' or 'device'", "sample": "a method"},
+    "student": {"positions": "a tuple of 'last'/'all'", "forward": "a method", "revert": "a method"},
+    "loss": {"__call__": "callable"},
+}
+
+
+def check_contract(kind: str, component: Any) -> list[str]:
+    """What `component` lacks of its kind's contract, as 'attribute (what it is)'."""
+    missing = [f"{attr} ({what})" for attr, what in CONTRACTS.get(kind, {}).items() if not hasattr(component, attr)]
+    if kind == "sampler" and not missing:
+        if component.produces not in ("ids", "soft"):
+            missing.append(f"produces ('ids' or 'soft', got {component.produces!r})")
+        if component.deterministic not in ("pure", "device"):
+            missing.append(f"deterministic ('pure' or 'device', got {component.deterministic!r})")
+    return missing
+
+
+def runs_teacher(sampler: Any) -> bool:
+    """Whether regenerating the sampler's samples re-runs the teacher (an optional attribute)."""
+    return bool(getattr(sampler, "runs_teacher", False))
+
+
+def check_sample(inputs: Any, indices: Sequence[int], vocab_size: int, max_seq_len: int, produces: str) -> str | None:
+    """Why a sampler's output breaks the Sampler contract, or None."""
+    if not isinstance(inputs, Inputs):
+        return f"sample() returned {type(inputs).__name__}, not kdcore.components.Inputs"
+    B, S = len(indices), max_seq_len
+    lengths = inputs.lengths
+    if tuple(lengths.shape) != (B,):
+        return f"lengths has shape {tuple(lengths.shape)}, expected ({B},)"
+    if B and (int(lengths.min()) < 1 or int(lengths.max()) > S):
+        return f"lengths must be in [1, {S}] (got {int(lengths.min())} .. {int(lengths.max())})"
+    if produces == "ids":
+        if inputs.ids is None:
+            return "produces 'ids' but returned float rows"
+        ids = inputs.ids
+        if tuple(ids.shape) != (B, S) or ids.dtype not in (torch.int64, torch.int32):
+            return f"ids must be ({B}, {S}) int64, got {tuple(ids.shape)} {str(ids.dtype).removeprefix('torch.')}"
+        if B and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+            return f"ids must be in [0, {vocab_size}) (the teacher's vocabulary), got {int(ids.min())} .. {int(ids.max())}"
+        return None
+    if inputs.soft is None:
+        return "produces 'soft' but returned token ids"
+    soft = inputs.soft
+    if tuple(soft.shape) != (B, S, vocab_size) or not soft.is_floating_point():
+        return f"float rows must be ({B}, {S}, {vocab_size}) float, got {tuple(soft.shape)} {str(soft.dtype).removeprefix('torch.')}"
+    return None
+
+
+class CheckedSampler:
+    """A sampler whose every batch is checked against the Sampler contract (`check_sample`), so a
+    plugin's out-of-vocabulary id or wrong shape is named here, not met as an IndexError deep in the
+    teacher. Everything else is the sampler's own."""
+
+    def __init__(self, sampler: Any, name: str, vocab_size: int, max_seq_len: int):
+        self.inner, self.name, self.vocab_size, self.max_seq_len = sampler, name, vocab_size, max_seq_len
+
+    def __getattr__(self, attr: str):
+        if attr == "inner":  # not set yet (unpickling): no recursion
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+    def sample(self, indices: Sequence[int], seed: int) -> Inputs:
+        inputs = self.inner.sample(indices, seed)
+        problem = check_sample(inputs, indices, self.vocab_size, self.max_seq_len, self.inner.produces)
+        if problem:
+            from kdcore.errors import KDError
+
+            raise KDError(f"sampler '{self.name}' broke its contract: {problem}")
+        return inputs
 
 
 # --- per-sample randomness ------------------------------------------------------------------------

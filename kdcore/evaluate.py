@@ -1,8 +1,10 @@
-"""Evaluation: the reverted student against the teacher on real text it never trained on.
+"""Evaluation: the shipped student against the teacher on real text it never trained on.
 
-Both read the same windows of teacher-tokenised text. Reported next to two baselines: an untrained
-student of the same architecture, and a unigram predictor (token frequencies of the evaluation text
-itself: an optimistic baseline, since it peeks at the text).
+What is measured is what a user gets: the reverted student loaded back from `runs/<name>/reverted`
+by `kdcore.artifact.load_student`. Student and teacher read the same windows of teacher-tokenised
+text, on `eval.text` and each of `eval.extra_texts`. Reported next to two baselines: the student
+before training (random, or its teacher-derived initial weights) and a unigram predictor (token
+frequencies of the evaluation text itself: an optimistic baseline, since it peeks at the text).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import json
 import math
 import shutil
 import time
-from pathlib import Path
 
 import torch
 
 from kdcore.build import Builder
 from kdcore.components import Inputs
 from kdcore.errors import KDError, SpecError
+from kdcore.report import markdown_table, rich_table, teacher_row, with_unigram_ratio
+from kdcore.runfolder import RunFolder, write_atomic
 from kdcore.spec import Spec, spec_hash
 from kdcore.texts import read_text
 
@@ -82,6 +85,8 @@ def text_windows(tokens: list[int], seq_len: int, count: int) -> tuple[torch.Ten
 class UnigramPredictor(torch.nn.Module):
     """Always the same distribution: token frequencies of the evaluation text (add-one smoothed)."""
 
+    positions = ("last", "all")
+
     def __init__(self, tokens: list[int], vocab_size: int):
         super().__init__()
         counts = torch.ones(vocab_size)
@@ -94,6 +99,10 @@ class UnigramPredictor(torch.nn.Module):
 
 
 def greedy_student(model, ids: list[int], seq_len: int, steps: int) -> list[int]:
+    """The student's greedy continuation: its own `generate` (a causal LM's KV cache) where it has one,
+    else re-reading the last `seq_len` tokens (a fixed-length student's window) for every new token."""
+    if hasattr(model, "generate"):
+        return model.generate(ids, steps)
     out = list(ids)
     for _ in range(steps):
         window = out[-seq_len:]
@@ -111,46 +120,54 @@ def greedy_teacher(teacher, ids: list[int], steps: int) -> list[int]:
     return full[0, len(ids):].tolist()
 
 
-def evaluate(spec: Spec, builder: Builder | None = None, student=None, untrained=None, seq_len: int | None = None) -> dict:
-    from kd_plugins.students import load_reverted
+def eval_identity(spec: Spec) -> str:
+    return spec_hash({"train": RunFolder(spec).identity_hash, "eval": spec.eval.model_dump(mode="json")})
 
-    from kdcore.train import Trainer
 
-    builder = builder or Builder(spec)
-    trainer = Trainer(spec, builder, progress=False)
-    if student is None:
-        if not trainer.is_complete():
-            raise KDError(f"no trained student for {spec.source} in {spec.run_path}; run `kd train {spec.source}` first")
-        student = load_reverted(spec.run_path / "reverted")
-    seq_len = seq_len or trainer.seq_len
-    builder.check_eval()
-    fresh = trainer.build_student()
-    untrained = untrained or fresh.revert()
-    teacher = builder.teacher
-    tok = teacher.tokenizer()
+def trained_student(spec: Spec, run: RunFolder):
+    """The shipped student, or an error that says what is missing: the training, or a store it
+    depends on (the student itself is kept)."""
+    from kdcore.artifact import load_student
+
+    record = run.trained()
+    if record is None:
+        raise KDError(f"no trained student for {spec.source} in {spec.run_path}; run `kd train {spec.source}` first")
+    if not run.is_complete():
+        gone = [k for k, v in run.identity["store_teachers"].items() if v is None]
+        if gone:
+            raise KDError(f"{spec.run_path} holds a trained student, but the store of datasets.{gone[0]} it depends on "
+                          f"({spec.store_path(gone[0])}) is missing or unreadable; regenerate it with "
+                          f"`kd generate {spec.source}` (the student is kept)")
+        raise KDError(f"the student in {spec.run_path} was trained from a different spec or stores "
+                      f"({run.teacher_changes(record)}); run `kd train {spec.source}`")
+    return load_student(run.reverted)
+
+
+def fresh_student(spec: Spec, builder: Builder, seq_len: int):
+    """The student before any training (as `kd train` starts it), reverted."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.phases[0].seed)
+        student = builder.student(seq_len)
+    if hasattr(student, "init_weights"):
+        student.init_weights(builder.teacher)
+    return student.revert().eval()
+
+
+def score_text(ref: str, spec: Spec, teacher, predictors: dict, seq_len: int, positions: str) -> dict:
+    """Every predictor against the teacher on windows of one text."""
     ev = spec.eval
-    supported = tuple(getattr(fresh, "positions", ("last",)))
-    positions = ev.positions or spec.datasets[spec.phases[-1].dataset].positions
-    if positions not in supported:
-        if ev.positions:
-            raise SpecError(spec.source, [("eval.positions", f"student '{spec.student.name}' predicts only "
-                                           f"{', '.join(supported)}")])
-        positions = "last"  # what a fixed-length student predicts; the report says which was used
-
-    tokens = tok.encode(read_text(ev.text, spec.base_dir))
+    tokens = teacher.tokenizer().encode(read_text(ref, spec.base_dir))
     windows, nexts = text_windows(tokens, seq_len, ev.windows)
-    predictors = {"student": student.eval(), "untrained": untrained.eval(), "unigram": UnigramPredictor(tokens, teacher.vocab_size)}
+    predictors = {**predictors, "unigram": UnigramPredictor(tokens, teacher.vocab_size)}
     acc = {name: Accumulator() for name in predictors}
     teacher_acc = Accumulator()
-    start = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(windows), ev.batch_size):
             ids, nxt = windows[lo : lo + ev.batch_size], nexts[lo : lo + ev.batch_size]
             lengths = torch.full((len(ids),), seq_len, dtype=torch.long)
             t_logits = teacher.logits(Inputs(lengths, ids=ids), positions).float().cpu()
             if positions == "all":
-                V = t_logits.shape[-1]
-                flat_t, target = t_logits.reshape(-1, V), nxt.reshape(-1)
+                flat_t, target = t_logits.reshape(-1, t_logits.shape[-1]), nxt.reshape(-1)
                 pos = torch.arange(seq_len).repeat(len(ids))
             else:
                 flat_t, target, pos = t_logits, nxt[:, -1], None
@@ -158,45 +175,86 @@ def evaluate(spec: Spec, builder: Builder | None = None, student=None, untrained
             for name, model in predictors.items():
                 logits = model(ids, lengths, positions=positions).float()
                 acc[name].add(logits.reshape(flat_t.shape), flat_t, target, pos)
+    t = teacher_acc.result()
+    return {"windows": len(windows),
+            "teacher": {k: t[k] for k in ("perplexity", "distinct_predicted", "next_token_accuracy")},
+            "results": {name: a.result() for name, a in acc.items()}}
 
-    samples = []
-    for prompt in ev.prompts:
-        ids = tok.chat(prompt) if ev.chat_template else tok.encode(prompt)
-        samples.append({
-            "prompt": prompt,
-            "teacher": tok.decode(greedy_teacher(teacher, ids, ev.max_new_tokens)),
-            "student": tok.decode(greedy_student(student, ids, seq_len, ev.max_new_tokens)),
-        })
+
+def evaluate(spec: Spec, builder: Builder | None = None) -> dict:
+    from kdcore.train import student_seq_len
+
+    builder = builder or Builder(spec)
+    run = RunFolder(spec)
+    student = trained_student(spec, run)
+    builder.check_eval()
+    seq_len = student_seq_len(spec)
+    untrained = fresh_student(spec, builder, seq_len)
+    teacher = builder.teacher
+    ev = spec.eval
+    positions = ev.positions or spec.datasets[spec.phases[-1].dataset].positions
+    if positions not in student.positions:
+        if ev.positions:
+            raise SpecError(spec.source, [("eval.positions", f"student '{spec.student.name}' predicts only "
+                                           f"{', '.join(student.positions)}")])
+        positions = "last"  # what a fixed-length student predicts; the report says which was used
+
+    start = time.perf_counter()
+    predictors = {"student": student, "untrained": untrained}
+    texts = {ref: score_text(ref, spec, teacher, predictors, seq_len, positions) for ref in ev.texts}
+    main = texts[ev.text]
     report = {
-        "experiment": spec.name,
-        "text": ev.text,
-        "positions": positions,
-        "seq_len": seq_len,
-        "windows": len(windows),
-        "teacher": {"perplexity": teacher_acc.result()["perplexity"],
-                    "distinct_predicted": teacher_acc.result()["distinct_predicted"],
-                    "next_token_accuracy": teacher_acc.result()["next_token_accuracy"]},
-        "results": {name: a.result() for name, a in acc.items()},
-        "samples": samples,
+        "experiment": spec.name, "recipe": spec_recipe(spec), "budget": training_budget(spec),
+        "text": ev.text, "positions": positions, "seq_len": seq_len,
+        "windows": main["windows"], "teacher": main["teacher"], "results": main["results"],
+        "texts": texts,
+        "samples": continuations(spec, teacher, student, seq_len),
         "seconds": round(time.perf_counter() - start, 2),
-        "identity_hash": eval_identity(spec, trainer),
+        "identity_hash": eval_identity(spec),
     }
     write_report(spec, report)
     from kdcore.metrics import MetricsLog
 
-    MetricsLog(spec.run_path / "metrics.jsonl", spec.registry).write("eval", {
-        "text": ev.text, "positions": positions, "windows": len(windows),
-        **{f"{name}_{m}": res[m] for name, res in report["results"].items() for m in METRICS},
+    MetricsLog(run.metrics, spec.registry).write("eval", {
+        "text": ev.text, "positions": positions, "windows": main["windows"],
+        **{f"{name}_{m}": res[m] for name, res in main["results"].items() for m in METRICS},
     })
     return report
 
 
-def eval_identity(spec: Spec, trainer) -> str:
-    return spec_hash({"train": trainer.identity_hash, "eval": spec.eval.model_dump(mode="json")})
+def continuations(spec: Spec, teacher, student, seq_len: int) -> list[dict]:
+    """Greedy continuations of the spec's prompts by teacher and student."""
+    ev, tok = spec.eval, teacher.tokenizer()
+    out = []
+    for prompt in ev.prompts:
+        ids = tok.chat(prompt) if ev.chat_template else tok.encode(prompt)
+        out.append({"prompt": prompt, "teacher": tok.decode(greedy_teacher(teacher, ids, ev.max_new_tokens)),
+                    "student": tok.decode(greedy_student(student, ids, seq_len, ev.max_new_tokens))})
+    return out
 
 
-def report_dir(spec: Spec) -> Path:
+def spec_recipe(spec: Spec) -> str:
+    """The recipe a run measures, for `kd compare`'s lines over budgets (default: the run's name)."""
+    return spec.recipe or spec.name
+
+
+def training_budget(spec: Spec) -> dict:
+    """What the student trained on: samples and tokens of the datasets its phases use."""
+    used = {p.dataset for p in spec.phases}
+    samples = sum(spec.datasets[d].samples for d in used)
+    return {"samples": samples, "tokens": sum(spec.datasets[d].samples * spec.datasets[d].max_seq_len for d in used)}
+
+
+def report_dir(spec: Spec):
     return spec.run_path / "eval"
+
+
+def result_rows(text_report: dict, teacher: bool = False) -> list[dict]:
+    """Rows for the metrics table: each predictor (the teacher first, if asked), with perplexity as a
+    ratio to the unigram's on the same text."""
+    rows = [teacher_row(text_report["teacher"])] if teacher else []
+    rows += [{"label": name, **r} for name, r in text_report["results"].items()]
+    return with_unigram_ratio(rows, text_report["results"]["unigram"]["perplexity"])
 
 
 def write_report(spec: Spec, report: dict) -> None:
@@ -204,7 +262,7 @@ def write_report(spec: Spec, report: dict) -> None:
 
     out = report_dir(spec)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [{"label": name, **res} for name, res in report["results"].items()]
+    rows = result_rows(report)
     plot_bars(rows, ["top1_agreement", "top5_overlap", "kl_teacher_student", "distinct_predicted"],
               out / "metrics.png", f"{spec.name}: vs teacher on {report['text']}")
     if any("agreement_by_position" in r for r in rows):
@@ -213,43 +271,27 @@ def write_report(spec: Spec, report: dict) -> None:
     curves = spec.run_path / "training.png"
     if curves.exists():  # the report folder holds every figure of the run
         shutil.copyfile(curves, out / "training.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_atomic(out / "report.md", markdown(report))
 
 
 def markdown(report: dict) -> str:
-    t = report["teacher"]
-    lines = [
-        f"# Evaluation: {report['experiment']}",
-        "",
-        f"Text `{report['text']}`, {report['windows']} windows of {report['seq_len']} tokens, "
-        f"positions: {report['positions']}. Teacher perplexity {t['perplexity']:.2f}, "
-        f"distinct predicted tokens {t['distinct_predicted']}.",
-        "",
-        "| predictor | top-1 agreement | top-5 overlap | KL(teacher‖student) | perplexity | next-token acc. | distinct predicted |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in report["results"].items():
-        lines.append(f"| {name} | {r['top1_agreement']:.3f} | {r['top5_overlap']:.3f} | {r['kl_teacher_student']:.3f} | "
-                     f"{r['perplexity']:.1f} | {r['next_token_accuracy']:.3f} | {r['distinct_predicted']} |")
-    lines += ["", "## Greedy continuations", ""]
+    lines = [f"# Evaluation: {report['experiment']}", ""]
+    for ref, text in report.get("texts", {report["text"]: report}).items():
+        t = text["teacher"]
+        lines += [f"Text `{ref}`, {text['windows']} windows of {report['seq_len']} tokens, positions: "
+                  f"{report['positions']}. Teacher perplexity {t['perplexity']:.2f}, distinct predicted tokens "
+                  f"{t['distinct_predicted']}.", "", markdown_table(result_rows(text), "predictor"), ""]
+    lines += ["## Greedy continuations", ""]
     for s in report["samples"]:
         lines += [f"**{s['prompt']}**", "", f"- teacher: {s['teacher']!r}", f"- student: {s['student']!r}", ""]
     return "\n".join(lines)
 
 
 def print_summary(report: dict, console) -> None:
-    from rich.table import Table
-
-    t = report["teacher"]
-    table = Table(title=f"{report['experiment']}: student vs teacher on {report['text']} "
-                        f"({report['windows']} windows, positions {report['positions']})")
-    for col in ("predictor", "top-1 agree", "top-5 overlap", "KL(t‖s)", "ppl", "distinct"):
-        table.add_column(col, justify="right" if col != "predictor" else "left")
-    table.add_row("teacher", "1.000", "1.000", "0.000", f"{t['perplexity']:.1f}", str(t["distinct_predicted"]))
-    for name, r in report["results"].items():
-        table.add_row(name, f"{r['top1_agreement']:.3f}", f"{r['top5_overlap']:.3f}", f"{r['kl_teacher_student']:.3f}",
-                      f"{r['perplexity']:.1f}", str(r["distinct_predicted"]))
-    console.print(table)
+    for ref, text in report.get("texts", {report["text"]: report}).items():
+        title = (f"{report['experiment']}: student vs teacher on {ref} ({text['windows']} windows, "
+                 f"positions {report['positions']})")
+        console.print(rich_table(result_rows(text, teacher=True), title, "predictor"))
     for s in report["samples"]:
         console.print(f"[bold]{s['prompt']}[/bold]\n  teacher: {s['teacher']!r}\n  student: {s['student']!r}", highlight=False)

@@ -74,3 +74,12 @@ def kd_on_metrics(stage: str, record: dict) -> None:
     or "eval" (the summary of an evaluation); `record` is the JSON-able dict written to
     `runs/<experiment>/metrics.jsonl`. Use it for loggers (wandb, tensorboard); do not mutate it.
     """
+
+
+@hookspec
+def kd_on_trained(student: Any, run_dir: Any, rank: int) -> None:
+    """Called on every rank when training ends: `student` is the trained float-input student (an
+    nn.Module on the CPU), `run_dir` the run folder (`runs/<experiment>`, a Path) where rank 0 has
+    saved it already, `rank` this process's rank (0 without torchrun). Use it to export the student
+    elsewhere or log it; do not modify it.
+    """

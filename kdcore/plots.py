@@ -86,3 +86,38 @@ def plot_by_position(series: dict[str, list[float]], out: Path, title: str) -> P
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _metric(report: dict, text: str, key: str, who: str = "student") -> float:
+    results = report["texts"][text]["results"]
+    if key == "ppl_vs_unigram":
+        return results[who]["perplexity"] / results["unigram"]["perplexity"]
+    return results[who][key]
+
+
+def plot_budget(reports: list[dict], out: Path) -> Path:
+    """Agreement, KL and perplexity / unigram against the training tokens: one line per recipe, one
+    row per evaluation text, the unigram baseline dashed."""
+    plt = _plt()
+    texts = [t for t in reports[0]["texts"] if all(t in r["texts"] for r in reports)]
+    metrics = [("top1_agreement", "top-1 agreement"), ("kl_teacher_student", "KL(teacher‖student)"),
+               ("ppl_vs_unigram", "perplexity / unigram")]
+    fig, axes = plt.subplots(len(texts), len(metrics), figsize=(4.4 * len(metrics), 3.4 * len(texts)), squeeze=False)
+    recipes = list(dict.fromkeys(r.get("recipe") or r["experiment"] for r in reports))
+    for i, text in enumerate(texts):
+        for j, (key, title) in enumerate(metrics):
+            ax = axes[i][j]
+            for c, recipe in enumerate(recipes):
+                runs = sorted((r for r in reports if (r.get("recipe") or r["experiment"]) == recipe),
+                              key=lambda r: r["budget"]["tokens"])
+                ax.plot([r["budget"]["tokens"] for r in runs], [_metric(r, text, key) for r in runs],
+                        marker="o", ms=4, lw=1, color=f"C{c % 10}", label=recipe)
+            ax.axhline(_metric(reports[0], text, key, "unigram"), ls="--", lw=1, color="grey", label="unigram")
+            ax.set_xscale("log")
+            ax.set_xlabel("training tokens")
+            ax.set_title(f"{title}\n{text}", fontsize=9)
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from kdcore import dist
 from kdcore.build import Builder
+from kdcore.errors import KDError
 from kdcore.metrics import MetricsLog
 from kdcore.spec import Spec
 
@@ -24,21 +25,19 @@ class Runner:
     def datasets_in_use(self) -> list[str]:
         return list(dict.fromkeys(p.dataset for p in self.spec.phases))
 
-    def log(self) -> MetricsLog:
-        return MetricsLog(self.spec.run_path / "metrics.jsonl", self.spec.registry, enabled=dist.is_main())
-
     def generate(self, datasets: list[str] | None = None, overwrite: bool = False) -> None:
-        from kdcore.errors import KDError
         from kdcore.generate import generate
 
+        log = MetricsLog(self.spec.run_path / "metrics.jsonl", self.spec.registry, enabled=dist.is_main())
         for name in datasets or self.datasets_in_use():
             if name not in self.spec.datasets:
                 raise KDError(f"{self.spec.source}: no dataset '{name}'")
-            store = generate(self.spec, name, self.builder, overwrite=overwrite, progress=self.progress, log=self.log())
+            store = generate(self.spec, name, self.builder, overwrite=overwrite, progress=self.progress, log=log)
             if dist.is_main():
                 console.print(f"[green]✓[/green] {store.path}: {store.layout.num_samples} samples, complete")
 
     def train(self, restart: bool = False):
+        from kdcore.plots import plot_training
         from kdcore.train import Trainer
 
         trainer = Trainer(self.spec, self.builder, progress=self.progress)
@@ -47,26 +46,37 @@ class Runner:
             return trainer.load_trained()
         student = trainer.train(restart=restart)
         if dist.is_main():
-            console.print(f"[green]✓[/green] trained student saved in {trainer.run_dir / 'student'}, reverted in {trainer.run_dir / 'reverted'}")
+            plot_training(trainer.run.metrics, trainer.run_dir / "training.png")
+            console.print(f"[green]✓[/green] trained student saved in {trainer.run.student_dir}, "
+                          f"reverted in {trainer.run.reverted}")
         return student
 
-    def evaluate(self, force: bool = True) -> dict:
-        from kdcore.evaluate import eval_identity, evaluate, print_summary, report_dir
-        from kdcore.train import Trainer
+    def up_to_date(self) -> bool:
+        """Whether the evaluation report matches the spec (so every stage before it is complete)."""
+        from kdcore.evaluate import eval_identity, report_dir
 
         path = report_dir(self.spec) / "report.json"
-        if not force and path.exists():
+        try:
+            return json.loads(path.read_text()).get("identity_hash") == eval_identity(self.spec)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    def evaluate(self, force: bool = True) -> dict:
+        from kdcore.evaluate import evaluate, print_summary, report_dir
+
+        path = report_dir(self.spec) / "report.json"
+        if not force and self.up_to_date():
             report = json.loads(path.read_text())
-            if report.get("identity_hash") == eval_identity(self.spec, Trainer(self.spec, self.builder, progress=False)):
-                console.print(f"[green]✓[/green] {path}: evaluation up to date (skipped)")
-                print_summary(report, console)
-                return report
+            console.print(f"[green]✓[/green] {path}: evaluation up to date (skipped)")
+            print_summary(report, console)
+            return report
         report = evaluate(self.spec, self.builder)
         print_summary(report, console)
         console.print(f"report: {report_dir(self.spec) / 'report.md'}")
         return report
 
     def run(self, overwrite: bool = False) -> dict | None:
+        self.builder.check_eval()  # a bad evaluation text is found before hours of generation
         self.generate(overwrite=overwrite)
         self.train()
         dist.barrier()
@@ -75,9 +85,8 @@ class Runner:
         return None
 
     def print_plan(self) -> None:
-        """What `kd run` would do, with sizes, without running anything heavy."""
+        """What `kd run` would do, with sizes, without loading the teacher's weights."""
         from kdcore.generate import layout_for
-        from kdcore.store import Store
 
         teacher = self.builder.teacher
         table = Table(title=f"{self.spec.source}: plan")
@@ -87,25 +96,34 @@ class Runner:
             ds = self.spec.datasets[name]
             produces = self.builder.sampler(name).produces
             layout = layout_for(self.spec, name, teacher.vocab_size, produces)
-            path = self.spec.store_path(name)
-            status = "to generate"
-            if path.exists():
-                try:
-                    status = "complete" if Store.open(path).complete else "resume"
-                except Exception as e:  # reported, not crashed on
-                    status = f"unreadable: {e}"
             forwards = -(-ds.samples // ds.batch_size)
             table.add_row("generate", f"{name}: {ds.samples} x {ds.max_seq_len} ({ds.sampler.name})",
                           f"{forwards} batches of {ds.batch_size}", f"{ds.samples * ds.max_seq_len:,}",
-                          _size(layout.bytes_per_sample() * ds.samples), status)
+                          _size(layout.bytes_per_sample() * ds.samples), self.store_status(name))
         for i, p in enumerate(self.spec.phases):
             N = self.spec.datasets[p.dataset].samples
             steps = -(-N // p.batch_size) * p.epochs
             steps = min(steps, p.max_steps) if p.max_steps else steps
             table.add_row("train", f"phase {i}: {p.dataset}, {p.optimizer} lr {p.lr:g}, {steps} steps of {p.batch_size}",
                           "", "", "", "")
-        table.add_row("eval", f"{self.spec.eval.windows} windows of {self.spec.eval.text}", "", "", "", "")
+        table.add_row("eval", f"{self.spec.eval.windows} windows of {', '.join(self.spec.eval.texts)}", "", "", "", "")
         console.print(table)
+
+    def store_status(self, dataset: str) -> str:
+        """What `kd generate` would find: nothing, a store to resume, a complete one, or another spec's."""
+        from kdcore.spec import spec_hash
+        from kdcore.store import Store
+
+        path = self.spec.store_path(dataset)
+        if not path.exists():
+            return "to generate"
+        try:
+            store = Store.open(path)
+        except KDError as e:  # reported, not crashed on
+            return f"unreadable: {e}"
+        if store.attrs.get("identity_hash") != spec_hash(self.spec.dataset_identity(dataset)):
+            return "made by another spec: refused (--overwrite replaces it)"
+        return "complete" if store.complete else "resume"
 
 
 def _size(n: float) -> str:

@@ -122,6 +122,7 @@ class PhaseSpec(Strict):
 
 class EvalSpec(Strict):
     text: str = Field("builtin:eval.txt", description="evaluation text: a path or builtin:NAME")
+    extra_texts: list[str] = Field(default_factory=list, description="more held-out texts, reported beside `text`")
     windows: int = Field(200, gt=0, description="text windows scored")
     batch_size: int = Field(16, gt=0)
     positions: Literal["last", "all"] | None = Field(None, description="default: the training positions")
@@ -135,6 +136,10 @@ class EvalSpec(Strict):
     max_new_tokens: int = Field(12, ge=0)
     chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
 
+    @property
+    def texts(self) -> list[str]:
+        return list(dict.fromkeys([self.text, *self.extra_texts]))
+
     @model_validator(mode="after")
     def _prompts_not_empty(self):
         for i, prompt in enumerate(self.prompts):
@@ -146,6 +151,7 @@ class EvalSpec(Strict):
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
+    recipe: str = Field("", description="what this run measures, for `kd compare` (runs of one recipe at several budgets form one line); default: name")
     plugins: list[str] = Field(default_factory=list)
     store_dir: str = "store"
     runs_dir: str = "runs"

@@ -1,14 +1,14 @@
-"""A recipe study: run every spec in a folder (each stage resumable), then compare them in one table.
+"""A recipe study: run every spec in one or more folders (each stage resumable), then compare them.
 
-    kd study experiments/study          (or: python -m kdcore.study experiments/study)
+    kd study experiments/study experiments/study_4x --out runs/study
 
-Writes runs/study/compare.md, compare.json, compare.png and timings.json.
+Writes compare.md (one table per evaluation text), compare.json, compare_texts.json, compare.png,
+budget.png (where one recipe ran at several budgets) and timings.json into the output folder.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -19,41 +19,36 @@ from kdcore.errors import KDError
 console = Console()
 
 
-def run_study(folder: Path, out_dir: Path | None = None) -> list[dict]:
-    from kdcore.compare import compare_runs, markdown_table
+def run_study(folders: list[Path], out_dir: Path | None = None) -> dict[str, list[dict]]:
+    from kdcore.compare import common_texts, compare_rows, load_report, write_comparison
+    from kdcore.report import rich_table
     from kdcore.runner import Runner
     from kdcore.spec import load_spec
 
-    specs = sorted(Path(folder).glob("*.toml"))
+    specs = [p for folder in folders for p in sorted(Path(folder).glob("*.toml"))]
     if not specs:
-        raise KDError(f"{folder}: no *.toml specs")
+        raise KDError(f"{', '.join(map(str, folders))}: no *.toml specs")
     loaded = [load_spec(p) for p in specs]  # every spec validated before anything runs
     out_dir = Path(out_dir or Path(loaded[0].runs_dir) / "study")
-    timings = {}
+    timings_file = out_dir / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for path, spec in zip(specs, loaded):
         console.rule(f"{path}")
+        runner = Runner(spec)
+        if runner.up_to_date():  # its time stays the one measured when it ran
+            runner.evaluate(force=False)
+            continue
         start = time.perf_counter()
-        Runner(spec).run()
+        runner.run()
         timings[spec.name] = round(time.perf_counter() - start, 1)
-    rows = compare_runs([s.run_path for s in loaded], out_dir, console)
-    (out_dir / "timings.json").write_text(json.dumps(timings, indent=2))
-    total = sum(timings.values())
-    (out_dir / "compare.md").write_text(markdown_table(rows) + f"\n\nWall time of this invocation: {total / 60:.1f} min "
-                                        f"(stages already complete are skipped, so a re-run is faster).\n")
-    console.print(f"study: {len(specs)} specs, {total / 60:.1f} min; table in {out_dir / 'compare.md'}")
-    return rows
-
-
-def main() -> None:
-    if len(sys.argv) != 2:
-        print("usage: python -m kdcore.study FOLDER", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        run_study(Path(sys.argv[1]))
-    except KDError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
-        raise SystemExit(1) from None
-
-
-if __name__ == "__main__":
-    main()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        timings_file.write_text(json.dumps(timings, indent=2))  # a long study is interrupted: keep what ran
+    reports = [load_report(s.run_path) for s in loaded]
+    tables = {text: compare_rows(reports, text) for text in common_texts(reports)}
+    for text, rows in tables.items():
+        console.print(rich_table(rows, f"vs teacher on {text}"))
+    total = sum(timings.get(s.name, 0) for s in loaded)
+    write_comparison(reports, tables, out_dir, f"Wall time of all specs, each as measured when it last ran: "
+                     f"{total / 60:.1f} min; per spec in timings.json.")
+    console.print(f"study: {len(specs)} specs; tables in {out_dir / 'compare.md'}")
+    return tables

@@ -1,28 +1,24 @@
-"""Student architectures: the 2023 families (CrossBaby_1/2, TransformerBaby) and a small Llama.
+"""Student architectures: the 2023 families (CrossBaby_1/2, DoubleCross, TransformerBaby) and a small Llama.
 
-Every student is `embed = Linear(vocab, d)` over float vocab rows followed by a body. The body is
-shared with the index-input model that `revert()` returns, so the two compute the same function:
-`RevertedStudent` replaces `embed` by `Embedding(vocab, d)` with weight `embed.weight.T + bias`,
-and uses `bias` (what `embed` gives a zero row) as the padding vector. `save_reverted` /
-`load_reverted` store that model as safetensors + config.json, rebuilt from the body classes alone.
+Every student is `embed = Linear(vocab, d)` over float vocab rows followed by a body. `revert()` folds
+`embed` into an `Embedding(vocab, d)` with weight `embed.weight.T + bias`, so the student reads token
+ids and computes the same function. The llama student reverts to a transformers `LlamaForCausalLM`
+(a standard folder when saved); the others to `RevertedStudent`, the body behind an Embedding, which
+`kdcore.artifact` saves generically and rebuilds through this plugin.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from kdcore.components import BuildContext, Inputs
-from kdcore.errors import KDError, did_you_mean
-
-REVERTED_FORMAT_VERSION = 1
+from kdcore.components import BuildContext, Inputs, last_positions
+from kdcore.errors import KDError
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -47,6 +43,12 @@ class CrossBaby2Params(StudentParams):
 
     word_embed: int = Field(50, gt=0, description="width w of the word embedding")
     up_dim: int = Field(500, gt=0, description="width of the layer before the vocab logits")
+
+
+class DoubleCrossParams(StudentParams):
+    """DoubleCrossBaby: two rounds of CrossBaby's interaction (w -> 2w -> 5w), then a per-position head."""
+
+    word_embed: int = Field(50, gt=0, description="width w of the word embedding")
 
 
 class TransformerBabyParams(StudentParams):
@@ -167,6 +169,44 @@ class CrossBaby2Body(StudentBody):
         return self.out(torch.relu(self.up(torch.cat(reduced, -1))))
 
 
+class DoubleCrossBody(StudentBody):
+    """Two rounds of the interaction, then a head at every position, summed over positions."""
+
+    name = "double-cross"
+    Params = DoubleCrossParams
+
+    def __init__(self, params: DoubleCrossParams, vocab_size: int, max_seq_len: int):
+        w, S = params.word_embed, max_seq_len
+        super().__init__(vocab_size, max_seq_len, w)
+        self.cross1 = nn.Linear(S * w, 2 * w)
+        self.cross2 = nn.Linear(S * 2 * w, 5 * w)
+        self.up = nn.Linear(5 * w, 10 * w)
+        self.out = nn.Linear(10 * w, vocab_size)
+
+    def per_position(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, V): the head at every position, padding included (as the original's zero rows were)."""
+        e = torch.relu(x)
+        h1 = torch.relu(interaction_rows(e, e.sum(-1), self.cross1))
+        h2 = torch.relu(interaction_rows(h1, h1.sum(-1), self.cross2))
+        return self.out(torch.relu(self.up(h2)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
+        return self.per_position(x).sum(1)
+
+
+class LearnedDoubleCrossBody(DoubleCrossBody):
+    """DoubleCross with a learned Linear(S, 1) across positions instead of the sum."""
+
+    name = "learned-double-cross"
+
+    def __init__(self, params: DoubleCrossParams, vocab_size: int, max_seq_len: int):
+        super().__init__(params, vocab_size, max_seq_len)
+        self.across = nn.Linear(max_seq_len, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
+        return self.across(self.per_position(x).transpose(1, 2)).squeeze(-1)
+
+
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
     """The fixed (length, width) table of "Attention is all you need": sin on even, cos on odd dims."""
     position = torch.arange(length, dtype=torch.float64)[:, None]
@@ -230,13 +270,8 @@ class LlamaBody(StudentBody):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: str) -> torch.Tensor:
         h = self.model(inputs_embeds=x, attention_mask=mask.long(), use_cache=False).last_hidden_state
         if positions == "last":
-            h = h[torch.arange(h.shape[0], device=h.device), mask.sum(1) - 1]
+            h = last_positions(h, mask.sum(1))
         return self.lm_head(h)
-
-
-BODIES: dict[str, type[StudentBody]] = {
-    body.name: body for body in (CrossBabyBody, CrossBaby2Body, TransformerBabyBody, LlamaBody)
-}
 
 
 def run_body(
@@ -313,6 +348,19 @@ class CrossBaby2(FloatInputStudent):
     body_class = CrossBaby2Body
 
 
+class DoubleCross(FloatInputStudent):
+    """DoubleCrossBaby (2023): two rounds of the interaction (w -> 2w -> 5w), Linear(5w, 10w) and
+    Linear(10w, vocab) at every position, summed over the positions; fixed length."""
+
+    body_class = DoubleCrossBody
+
+
+class LearnedDoubleCross(FloatInputStudent):
+    """LearnedDoubleCrossBaby (2023): DoubleCross with a learned Linear(S, 1) across positions."""
+
+    body_class = LearnedDoubleCrossBody
+
+
 class TransformerBaby(FloatInputStudent):
     """TransformerBaby (2023): scaled linear embedding, sinusoidal positions, encoder, flatten.
 
@@ -324,9 +372,29 @@ class TransformerBaby(FloatInputStudent):
 
 
 class LlamaStudent(FloatInputStudent):
-    """A small causal Llama on float rows; learns from the last or from all positions."""
+    """A small causal Llama on float rows; learns from the last or from all positions. Reverted, it
+    is a transformers LlamaForCausalLM: saved as a standard folder, decoded with its KV cache."""
 
     body_class = LlamaBody
+
+    def revert(self):
+        from transformers import LlamaForCausalLM
+
+        from kdcore.artifact import CausalLMStudent
+
+        body, weight, bias = self.body, self.embed.weight, self.embed.bias
+        config = copy.deepcopy(body.model.config)
+        config.vocab_size, config.tie_word_embeddings, config.use_cache = self.embed.in_features, False, True
+        config.architectures = ["LlamaForCausalLM"]
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the RNG alone
+            model = LlamaForCausalLM(config)
+        model = model.to(weight.device, weight.dtype)
+        with torch.no_grad():
+            # exact: (W.T + b)[token] is the float student's W.T[token] + b, add for add
+            state = {**body.model.state_dict(), "embed_tokens.weight": weight.T + bias}
+            model.model.load_state_dict(state)
+            model.lm_head.load_state_dict(body.lm_head.state_dict())
+        return CausalLMStudent(model).train(self.training)
 
 
 class RevertedStudent(nn.Module):
@@ -343,54 +411,16 @@ class RevertedStudent(nn.Module):
     def positions(self) -> tuple[str, ...]:
         return self.body.positions
 
+    @property
+    def max_seq_len(self) -> int:
+        return self.body.max_seq_len
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, positions: str = "last") -> torch.Tensor:
         """Logits for ids (B, S) int64: (B, V) at position lengths-1, or (B, S, V) for "all"."""
         mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         return run_body(self.body, self.embedding(ids), mask, self.pad, positions)
 
 
-def save_reverted(model: RevertedStudent, directory: str | Path) -> None:
-    """Write `model.safetensors` and a `config.json` that `load_reverted` needs nothing else to read."""
-    from safetensors.torch import save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(directory / "model.safetensors"))
-    config = {
-        "format_version": REVERTED_FORMAT_VERSION,
-        "student": model.body.name,
-        "params": model.params.model_dump(),
-        "vocab_size": model.body.vocab_size,
-        "max_seq_len": model.body.max_seq_len,
-        "dtype": str(model.embedding.weight.dtype).removeprefix("torch."),
-    }
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-def load_reverted(directory: str | Path, device: str | torch.device = "cpu") -> RevertedStudent:
-    """Rebuild a reverted student saved by `save_reverted`."""
-    from safetensors.torch import load_model
-
-    directory = Path(directory)
-    config_file, weights_file = directory / "config.json", directory / "model.safetensors"
-    if not (config_file.exists() and weights_file.exists()):
-        raise KDError(f"{directory}: no reverted student (needs config.json and model.safetensors)")
-    config = json.loads(config_file.read_text())
-    if config.get("format_version") != REVERTED_FORMAT_VERSION:
-        raise KDError(
-            f"{config_file}: format_version {config.get('format_version')}, expected {REVERTED_FORMAT_VERSION}"
-        )
-    name = config["student"]
-    if name not in BODIES:
-        raise KDError(f"{config_file}: unknown student '{name}'{did_you_mean(name, list(BODIES))}")
-    body_class = BODIES[name]
-    params = body_class.Params.model_validate(config["params"])
-    body = body_class(params, config["vocab_size"], config["max_seq_len"])
-    model = RevertedStudent(params, body).to(device, getattr(torch, config["dtype"]))
-    load_model(model, str(weights_file), device=str(device))
-    return model.eval()
-
-
 def register_all(register) -> None:
-    for student in (CrossBaby, CrossBaby2, TransformerBaby, LlamaStudent):
+    for student in (CrossBaby, CrossBaby2, DoubleCross, LearnedDoubleCross, TransformerBaby, LlamaStudent):
         register(student.body_class.name, student, student.body_class.Params)

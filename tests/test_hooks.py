@@ -355,3 +355,28 @@ def test_spec_plugin_module_next_to_the_spec(tmp_path, tiny_spec, monkeypatch):
     finally:
         sys.modules.pop("kd_demo_local", None)
         sys.modules.pop("kd_user_plugin_kd_demo_local", None)
+
+
+def test_hook_kd_on_trained(tiny_spec, tmp_path):
+    """Called on every rank (here: one) with the trained float student and the run folder, after the
+    student was saved there."""
+    from kdcore.generate import generate
+    from kdcore.train import Trainer
+
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def kd_on_trained(self, student, run_dir, rank):
+            seen.append((type(student).__name__, run_dir, rank, (run_dir / "student" / "train.json").exists()))
+
+    plugin = Plugin()
+    registry = with_plugin(plugin)
+    try:
+        tiny_spec["phases"][0]["epochs"] = 1
+        spec = parse_spec(tiny_spec, registry=registry)
+        generate(spec, "noise", progress=False)
+        Trainer(spec, progress=False).train()
+        assert seen == [("LlamaStudent", spec.run_path, 0, True)]
+    finally:
+        unregister(registry, plugin)

@@ -1,4 +1,4 @@
-"""`import kdcore` keeps large freed blocks in glibc's heap (kdcore._keep_freed_memory)."""
+"""The `kd` entry point keeps large freed blocks in glibc's heap (kdcore.tuning); importing kdcore changes nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 PROBE = """
 import resource
-import kdcore, torch
+import kdcore.tuning, torch
+kdcore.tuning.tune_process()  # what `kd` does at its entry point
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 a, b = torch.randn(50, 32000), torch.randn(50, 32000)  # a batch of vocab rows: 6.4 MB
 for i in range(21):
@@ -36,3 +37,13 @@ def test_freed_tensors_are_reused_without_page_faults():
     kept, system = faults_for("keep"), faults_for("system")
     assert system > 20 * 100, system
     assert kept < system / 5, (kept, system)  # 2168 vs 32542 here
+
+
+def test_importing_kdcore_changes_nothing_in_the_process():
+    """A plugin author's notebook imports kdcore: no environment variable set, glibc untouched."""
+    code = ("import os; before = dict(os.environ); import kdcore, kdcore.components, kdcore.spec; "
+            "assert dict(os.environ) == before, set(os.environ) ^ set(before); "
+            "import kdcore.tuning; assert not kdcore.tuning._done")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr

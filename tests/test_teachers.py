@@ -219,7 +219,8 @@ def write_meta(folder: Path, model, tokenizer: Path, shards: int = 1) -> Path:
         torch.save(part, folder / f"consolidated.{s:02d}.pth")
     (folder / "params.json").write_text(json.dumps({
         "dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "n_heads": cfg.num_attention_heads,
-        "n_kv_heads": cfg.num_key_value_heads, "multiple_of": 32, "norm_eps": cfg.rms_norm_eps,
+        # Meta's width rule gives the model's 64: 2/3 * 4 * 32 = 85, * 0.75 = 63, up to a multiple of 32
+        "n_kv_heads": cfg.num_key_value_heads, "multiple_of": 32, "ffn_dim_multiplier": 0.75, "norm_eps": cfg.rms_norm_eps,
         "vocab_size": -1,
     }))
     shutil.copy(tokenizer, folder / "tokenizer.model")

@@ -118,14 +118,17 @@ def test_curriculum_phases_resume_the_same_weights(make_spec, monkeypatch):
         phase("noise", name="noise", epochs=1, lr=1e-4),
     ])
     starts = {}
-    original = Trainer._phase
+    original = Trainer.train_phase
 
     def spy(self, p, student, model, state, ckpt):
         starts[p] = {k: v.detach().clone() for k, v in student.state_dict().items()}
         return original(self, p, student, model, state, ckpt)
 
-    monkeypatch.setattr(Trainer, "_phase", spy)
-    run = train(path).run_dir
+    monkeypatch.setattr(Trainer, "train_phase", spy)
+    from kdcore.runner import Runner
+
+    Runner(load_spec(path), progress=False).train()  # the runner draws training.png
+    run = load_spec(path).run_path
 
     after0 = torch.load(run / "checkpoints" / "phase0.pt", weights_only=True)["model"]
     after1 = torch.load(run / "checkpoints" / "phase1.pt", weights_only=True)["model"]
@@ -313,12 +316,26 @@ def _kill_when(path: Path, run: Path, ready, env: dict, timeout: float = 90) -> 
             proc.wait()
 
 
+# A test plugin (not production code): every training step takes 0.25 s longer, so a kill lands mid-phase.
+SLOW_STEPS = """
+import time
+from kdcore.hookspecs import hookimpl
+
+
+@hookimpl
+def kd_on_metrics(stage, record):
+    if stage == "train":
+        time.sleep(0.25)
+"""
+
+
 @pytest.mark.timeout(240)
-def test_kill_and_resume_is_exact(make_spec):
+def test_kill_and_resume_is_exact(make_spec, tmp_path):
     ref = make_spec(RESUME_PHASES, name="ref")
-    path = make_spec(RESUME_PHASES, name="killed")
+    (tmp_path / "slow_steps.py").write_text(SLOW_STEPS)
+    path = make_spec(RESUME_PHASES, name="killed", plugins=["slow_steps.py"])  # plugins are not what a student depends on
     run = load_spec(path).run_path
-    env = {**os.environ, "KD_STEP_DELAY": "0.25"}
+    env = dict(os.environ)
 
     first = _kill_when(path, run, lambda s: s["phase"] == 0 and s["phase_step"] >= 2, env)
     assert first["phase"] == 0 and 0 < first["step_in_epoch"]  # killed mid-epoch of the first phase
@@ -418,6 +435,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(make_spec, cap
 # --- data parallel ------------------------------------------------------------------------------
 
 
+# A test plugin: every rank saves the weights it ended with, through the kd_on_trained hook.
+RANK_WEIGHTS = """
+from safetensors.torch import save_model
+from kdcore.hookspecs import hookimpl
+
+
+@hookimpl
+def kd_on_trained(student, run_dir, rank):
+    save_model(student, str(run_dir / "student" / f"rank{rank}.safetensors"))
+"""
+
+
 @pytest.mark.timeout(240)
 def test_ddp_two_ranks_match_a_single_process(make_spec, tmp_path):
     """Rank r trains on rows r::2 of each global batch of 7 (unequal 4/3 splits, all positions with
@@ -425,9 +454,10 @@ def test_ddp_two_ranks_match_a_single_process(make_spec, tmp_path):
     the result equals the single-process run's up to float summation order."""
     phases = [phase("allpos", epochs=2, batch_size=7, lr=3e-3, losses=[{"name": "kl"}, {"name": "mse", "weight": 0.1}])]
     single = make_spec(phases, name="single")
-    ddp = make_spec(phases, name="ddp")
+    (tmp_path / "rank_weights.py").write_text(RANK_WEIGHTS)
+    ddp = make_spec(phases, name="ddp", plugins=["rank_weights.py"])
     train(single)
-    env = {**os.environ, "KD_BACKEND": "gloo", "KD_SAVE_RANK_WEIGHTS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "KD_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "kdcore", "train",
                            str(ddp)], env=env, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -454,18 +484,16 @@ def test_loader_workers_regenerate_the_same_noise(make_spec):
 
 
 def test_training_from_a_store_does_not_load_the_teacher(make_spec):
-    # the store knows the vocabulary; a 7B teacher would be loaded for nothing (on every DDP rank)
+    # the store knows the vocabulary; a 7B teacher's weights would be read for nothing (on every DDP
+    # rank). Its config and tokenizer are read (the reverted student's folder carries the tokenizer).
     from kdcore.build import Builder
-
-    class NoTeacher(Builder):
-        @property
-        def teacher(self):
-            raise AssertionError("the teacher was loaded during training")
 
     path = make_spec([phase("noise", epochs=1), phase("ids", epochs=1)], name="noteacher")
     spec = load_spec(path)
-    Trainer(spec, NoTeacher(spec), progress=False).train()
+    builder = Builder(spec)
+    Trainer(spec, builder, progress=False).train()
     assert (spec.run_path / "student" / "float_student.safetensors").exists()
+    assert not builder.teacher.loaded, "the teacher's weights were loaded during training"
 
 
 def test_vocabulary_comes_only_from_a_store_of_the_same_spec(tiny_spec, write_spec):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kdcore.evaluate import Accumulator, UnigramPredictor, greedy_student, text_windows
-from kdcore.texts import read_text
+from kdcore.texts import HERE as TEXTS_DIR, read_text
 
 
 def test_accumulator_matches_hand_computation():
@@ -71,12 +71,26 @@ def test_greedy_student_uses_a_sliding_window():
     assert calls[2][0][0].tolist() == [3, 4, 5, 0][:0] + [2, 3, 4, 5]  # last 4 tokens once the window is full
 
 
-def test_eval_text_is_disjoint_from_the_reference_training_text():
+def test_no_two_shipped_texts_share_an_8_word_sequence():
     def grams(text, n=8):
         words = text.split()
         return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
-    assert not grams(read_text("builtin:eval.txt")) & grams(read_text("builtin:reference.txt"))
+    names = sorted(p.name for p in TEXTS_DIR.glob("*.txt"))
+    assert {"eval.txt", "eval_science_tales.txt", "reference.txt"} <= set(names)
+    shingles = {name: grams(read_text(f"builtin:{name}")) for name in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not shingles[a] & shingles[b], f"{a} and {b} share a passage"
+
+
+@pytest.mark.real_teacher
+@pytest.mark.parametrize("name", ["eval.txt", "eval_science_tales.txt"])
+def test_held_out_texts_fill_200_disjoint_windows_of_16_teacher_tokens(smollm2_teacher, name):
+    # positions `all` scores every token of a window; 200 * 16 + 1 tokens keep the evenly spaced windows disjoint
+    tokens = smollm2_teacher.tokenizer().encode(read_text(f"builtin:{name}"))
+    windows, _ = text_windows(tokens, 16, 200)
+    assert len(windows) == 200 and len(tokens) >= 200 * 16 + 1
 
 
 def _kd(*args, cwd=None):

@@ -178,3 +178,19 @@ assert not any(m.startswith(("kdcore", "kd_plugins")) for m in sys.modules)
         soft = Inputs(torch.tensor([8, 8]), ids=ids).as_soft(smollm2_teacher.vocab_size)
         expected = student(Inputs(torch.tensor([8, 8]), soft=soft), positions="all")
         assert (hf(input_ids=ids).logits - expected).abs().max() <= 1e-4
+
+
+def test_kd_sample_shows_teacher_and_student_side_by_side(tiny_spec, write_spec):
+    path = write_spec(tiny_spec)
+    code, out = kd("sample", path, "The cat")
+    assert code == 1 and "no trained student" in out  # nothing trained yet: a clear error
+    assert kd("run", path)[0] == 0
+    report = json.loads((path.parent / "runs" / "tiny" / "eval" / "report.json").read_text())
+    code, greedy = kd("sample", path, "The cat", "--max-new-tokens", "3")
+    assert code == 0, greedy
+    assert "teacher" in greedy and "student" in greedy
+    assert repr(report["samples"][0]["student"]) in greedy  # greedy: what kd eval reported for that prompt
+    sampled = [kd("sample", path, "The cat", "--temperature", "1.5", "--seed", str(s)) for s in (1, 1, 2)]
+    assert all(code == 0 for code, _ in sampled)
+    assert sampled[0][1] == sampled[1][1]  # a seed gives the same continuations
+    assert sampled[0][1] != sampled[2][1]

@@ -505,3 +505,40 @@ def test_vocabulary_comes_only_from_a_store_of_the_same_spec(tiny_spec, write_sp
     other = copy.deepcopy(tiny_spec)
     other["teacher"]["vocab_size"] = 96
     assert Builder(load_spec(write_spec(other, "b.toml"))).vocab_size == 96
+
+
+# --- nothing lost ------------------------------------------------------------------------------
+
+
+def test_two_losses_of_one_name_are_both_trained_and_logged(make_spec):
+    """Forward KL + reverse KL in one phase: two terms, two log keys, their weighted sum the loss."""
+    both = make_spec([phase(epochs=1, losses=[{"name": "kl"}, {"name": "kl", "direction": "reverse", "weight": 0.5}])],
+                     name="both")
+    forward = make_spec([phase(epochs=1, losses=[{"name": "kl"}])], name="forward")
+    train(both), train(forward)
+    recs = records(both)
+    for r in recs:
+        assert r["loss"] == pytest.approx(r["loss_kl[0]"] + 0.5 * r["loss_kl[1]"], rel=1e-5)
+        assert r["loss_kl[0]"] != pytest.approx(r["loss_kl[1]"])  # really two different terms
+    assert not same(final_weights(both), final_weights(forward))  # the reverse term changed the training
+
+
+def test_restart_checks_everything_before_deleting(make_spec, tmp_path, capsys, monkeypatch):
+    """`kd train --restart` with a store gone: refused, naming the store; checkpoints and the trained
+    student are untouched. `kd eval` then says the store is missing, not that no student exists."""
+    import shutil
+
+    own = tmp_path / "own-store"
+    path = make_spec([phase(epochs=1)], store_dir=str(own))
+    generate(load_spec(path), "noise", progress=False)
+    code, err = kd("train", path, capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0, err
+    run = load_spec(path).run_path
+    kept = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    shutil.rmtree(own / "noise")
+    code, err = kd("train", path, "--restart", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 1 and "Traceback" not in err and str(own / "noise") in " ".join(err.split())
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == kept  # nothing deleted
+    code, err = kd("eval", path, capsys=capsys, monkeypatch=monkeypatch)
+    message = " ".join(err.split())
+    assert code == 1 and "missing" in message and "no trained student" not in message

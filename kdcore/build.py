@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import cached_property
 
 from kdcore.components import BuildContext
-from kdcore.errors import KDError, SpecError
+from kdcore.errors import KDError, ParamError, SpecError
 from kdcore.spec import ComponentRef, Spec, all_refs
+
+# a store's byte offsets and numpy's indices are signed 64-bit
+MAX_STORE_BYTES = 2**63 - 1
 
 
 class Builder:
@@ -20,17 +23,12 @@ class Builder:
         factory = self.registry.get(ref.kind, ref.name).resolve()
         try:
             return factory(ref.params, ctx)
-        except SpecError:
+        except ParamError as e:  # the key is the component's own: anchor it where the component sits
+            raise SpecError(self.spec.source, [(e.at(loc), e.message)]) from None
+        except SpecError:  # a nested component's, already anchored
             raise
         except KDError as e:
-            # components say "sampler.high: ..."; anchor that key at the component's place in the spec
-            msg = str(e)
-            head, sep, rest = msg.partition(": ")
-            if sep and head.startswith(f"{ref.kind}.") and " " not in head:
-                raise SpecError(self.spec.source, [(f"{loc}.{head[len(ref.kind) + 1:]}", rest)]) from None
-            if sep and head == ref.kind:
-                msg = rest
-            raise SpecError(self.spec.source, [(loc, msg)]) from None
+            raise SpecError(self.spec.source, [(loc, str(e))]) from None
 
     @cached_property
     def teacher(self):
@@ -57,12 +55,22 @@ class Builder:
                 return store.layout.vocab_size
         return self.teacher.vocab_size
 
-    def context(self, max_seq_len: int) -> BuildContext:
+    @cached_property
+    def eval_text(self):
+        from kdcore.texts import resolve_text
+
+        try:
+            return resolve_text(self.spec.eval.text, self.spec.base_dir, key="").resolve()
+        except ParamError as e:  # checked with the spec already: only a file removed since lands here
+            raise SpecError(self.spec.source, [(e.at("eval.text"), e.message)]) from None
+
+    def context(self, max_seq_len: int, **more) -> BuildContext:
         ctx = BuildContext(
             vocab_size=self.vocab_size,
             max_seq_len=max_seq_len,
             base_dir=self.spec.base_dir,
             teacher=lambda: self.teacher,
+            **more,
         )
         ctx.build = lambda kind, ref: self._make(ref, ctx)
         return ctx
@@ -71,12 +79,25 @@ class Builder:
         ds = self.spec.datasets[dataset]
         if check:  # against the teacher's limits (generation); training rebuilds from a checked store
             self.check_dataset(dataset)
-        sampler = self._make(ds.sampler, self.context(ds.max_seq_len), f"datasets.{dataset}.sampler")
+        ctx = self.context(ds.max_seq_len, eval_text=self.eval_text)
+        sampler = self._make(ds.sampler, ctx, f"datasets.{dataset}.sampler")
         if check and sampler.produces == "soft" and ds.inputs == "seed" and getattr(sampler, "runs_teacher", False):
             raise SpecError(self.spec.source, [(f"datasets.{dataset}.inputs",
                             "'seed' would re-run the teacher's generation on every training batch (the sampler "
                             "mixes teacher-generated ids into float rows); use inputs = 'dense'")])
+        if check:
+            self.check_store_size(dataset, sampler.produces)
         return sampler
+
+    def check_store_size(self, dataset: str, produces: str) -> None:
+        from kdcore.generate import layout_for
+
+        ds = self.spec.datasets[dataset]
+        per_sample = layout_for(self.spec, dataset, self.teacher.vocab_size, produces).bytes_per_sample()
+        if per_sample * ds.samples > MAX_STORE_BYTES:
+            raise SpecError(self.spec.source, [(f"datasets.{dataset}.samples",
+                            f"{ds.samples} samples of {per_sample:,} bytes would make a store past 2**63 bytes, "
+                            "more than a 64-bit offset can address")])
 
     def check_dataset(self, dataset: str) -> None:
         ds = self.spec.datasets[dataset]
@@ -89,41 +110,28 @@ class Builder:
                             f"{ds.topk} is larger than the vocabulary ({self.teacher.vocab_size})")])
 
     def check_phase(self, index: int, student) -> None:
-        """What only shows once dataset, student and losses meet: refused before any training step."""
+        """What only shows once dataset and student meet: refused before any training step."""
         phase = self.spec.phases[index]
         ds = self.spec.datasets[phase.dataset]
-        problems = []
-        supported = tuple(getattr(student, "positions", ("last",)))
+        supported = tuple(getattr(student, "positions", ("last",)))  # the Student protocol's promise
         if ds.positions not in supported:
-            problems.append((f"datasets.{phase.dataset}.positions",
-                             f"'{ds.positions}' targets, but student '{self.spec.student.name}' predicts only "
-                             f"{', '.join(supported)}: use positions = 'last' or a student that predicts every position (llama)"))
-        if ds.logits == "topk":
-            for j, loss in enumerate(phase.losses):
-                if getattr(loss.params, "temperature", 1.0) != 1.0:
-                    problems.append((f"phases[{index}].losses[{j}].temperature",
-                                     "must be 1 with top-k targets (the tempered tail mass is not recoverable "
-                                     "from k values); use logits = 'dense' to distil at a temperature"))
-        if problems:
-            raise SpecError(self.spec.source, problems)
+            raise SpecError(self.spec.source, [(f"datasets.{phase.dataset}.positions",
+                            f"'{ds.positions}' targets, but student '{self.spec.student.name}' predicts only "
+                            f"{', '.join(supported)}: use positions = 'last' or a student that predicts every position")])
 
     def check_eval(self) -> None:
-        """Never evaluate on text a student trained on."""
-        from kdcore.texts import resolve_text
-
-        evaluated = resolve_text(self.spec.eval.text, self.spec.base_dir).resolve()
-        for loc, ref in all_refs(self.spec):
-            text = getattr(ref.params, "text", None) if ref.kind == "sampler" else None
-            if text and resolve_text(text, self.spec.base_dir).resolve() == evaluated:
-                raise SpecError(self.spec.source, [("eval.text", f"{self.spec.eval.text} is also training text ({loc}.text): "
-                                                    "evaluate on text the student never saw")])
+        """Never evaluate on text a student trained on: the phases' samplers, built with the evaluation
+        text in their context, refuse it themselves."""
+        for name in dict.fromkeys(p.dataset for p in self.spec.phases):
+            self.sampler(name, check=False)
 
     def student(self, max_seq_len: int):
         return self._make(self.spec.student, self.context(max_seq_len), "student")
 
     def losses(self, phase_index: int):
         phase = self.spec.phases[phase_index]
-        ctx = self.context(self.spec.datasets[phase.dataset].max_seq_len)
+        ds = self.spec.datasets[phase.dataset]
+        ctx = self.context(ds.max_seq_len, logits=ds.logits)
         return [
             (loss.name, loss.weight, self._make(loss, ctx, f"phases[{phase_index}].losses[{j}]"))
             for j, loss in enumerate(phase.losses)

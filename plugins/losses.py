@@ -22,9 +22,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from kdcore.components import BuildContext, Targets
+from kdcore.components import BuildContext, ParamError, Params, Targets
 
 # Floor for the teacher's tail mass: float16 values can make the kept mass round to >= 1.
 TAIL_FLOOR = 1e-10
@@ -121,10 +121,8 @@ def values_at(indices: torch.Tensor, source_indices: torch.Tensor, source_values
 # --- losses ---------------------------------------------------------------------------------------
 
 
-class NoParams(BaseModel):
+class NoParams(Params):
     """Base of the parameter models: no parameters, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class MSEParams(NoParams):
@@ -207,6 +205,9 @@ class KL:
     """KL divergence, forward KL(teacher || student) or reverse, scaled by T^2; top-k adds a tail bucket."""
 
     def __init__(self, params: KLParams, ctx: BuildContext | None = None):
+        if ctx is not None and ctx.logits == "topk" and params.temperature != 1.0:
+            raise ParamError("temperature", "must be 1 with top-k targets (the tempered tail mass is not "
+                             "recoverable from k values); use logits = 'dense' to distil at a temperature")
         self.params = params
 
     def __call__(self, student_logits, targets: Targets, mask=None) -> torch.Tensor:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from kdcore.components import BuildContext, Inputs
+from kdcore.components import BuildContext, Inputs, ParamError, Params
 from kdcore.errors import KDError, did_you_mean
 
 REVERTED_FORMAT_VERSION = 1
@@ -28,10 +28,8 @@ REVERTED_FORMAT_VERSION = 1
 # --- parameters -----------------------------------------------------------------------------------
 
 
-class StudentParams(BaseModel):
+class StudentParams(Params):
     """Parameters every student accepts."""
-
-    model_config = ConfigDict(extra="forbid")
 
     vocab_size: int | None = Field(None, gt=0, description="if set, must equal the teacher's vocabulary")
 
@@ -265,8 +263,8 @@ class FloatInputStudent(nn.Module):
     def __init__(self, params: StudentParams, ctx: BuildContext):
         super().__init__()
         if params.vocab_size is not None and params.vocab_size != ctx.vocab_size:
-            raise KDError(
-                f"student.vocab_size: {params.vocab_size} does not match the teacher's vocabulary ({ctx.vocab_size})"
+            raise ParamError(
+                "vocab_size", f"{params.vocab_size} does not match the teacher's vocabulary ({ctx.vocab_size})"
             )
         self.params = params
         body = self.body_class(params, ctx.vocab_size, ctx.max_seq_len)

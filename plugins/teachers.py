@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from kdcore.components import BuildContext, Inputs
-from kdcore.errors import KDError, local_path
+from kdcore.components import BuildContext, Inputs, ParamError, Params, Seed
+from kdcore.errors import KDError
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,8 +32,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KD_CACHE") or Path.home() / ".cache" / "llamakd")
 
 
-class RunOn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunOn(Params):
     dtype: DTypeName = "float32"
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
 
@@ -215,7 +214,7 @@ def _finish(model, run: RunOn):
 class TinyLlamaParams(RunOn):
     """A small randomly initialised Llama, built from a seed (fast tests; no download)."""
 
-    seed: int = 0
+    seed: Seed = 0
     vocab_size: int = Field(256, gt=1)
     hidden_size: int = Field(64, gt=0)
     layers: int = Field(2, gt=0)
@@ -245,7 +244,7 @@ def tiny_llama(params: TinyLlamaParams, ctx: BuildContext | None = None) -> HFTe
     from transformers import LlamaForCausalLM
 
     if params.hidden_size % params.heads or params.heads % params.kv_heads:
-        raise KDError("teacher: hidden_size must divide by heads, and heads by kv_heads")
+        raise ParamError("heads", "hidden_size must divide by heads, and heads by kv_heads")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
         model = LlamaForCausalLM(tiny_llama_config(params))
@@ -295,8 +294,8 @@ def _hf_tokenizer(path: Path, gguf_file: str | None = None, explicit: str | None
 
 
 def hf_causal_lm(params: HFParams, ctx: BuildContext) -> HFTeacher:
-    path = local_path(params.path, ctx.base_dir, "teacher.path")
-    tokenizer = str(local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer")) if params.tokenizer else None
+    path = ctx.path(params.path, "path")
+    tokenizer = str(ctx.path(params.tokenizer, "tokenizer")) if params.tokenizer else None
     gguf = path.name if path.suffix == ".gguf" else None
     folder = path.parent if gguf else path
     model = _load_hf(folder, params, gguf)
@@ -395,7 +394,7 @@ def meta_to_hf(folder: Path, max_seq_len: int = 4096):
     args = json.loads((folder / "params.json").read_text())
     shards = sorted(folder.glob("consolidated.*.pth"))
     if not shards:
-        raise KDError(f"teacher.path: no consolidated.*.pth in {folder}")
+        raise ParamError("path", f"no consolidated.*.pth in {folder}")
     states = [torch.load(s, map_location="cpu", weights_only=True) for s in shards]
 
     def weight(key: str) -> torch.Tensor:
@@ -451,19 +450,19 @@ def meta_to_hf(folder: Path, max_seq_len: int = 4096):
             setattr(parent, attr, type(module)(config=config))
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
-        raise KDError(f"teacher.path: {folder}: weights missing from the checkpoint: {', '.join(left[:5])}")
+        raise ParamError("path", f"{folder}: weights missing from the checkpoint: {', '.join(left[:5])}")
     return model
 
 
 def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
-    folder = local_path(params.path, ctx.base_dir, "teacher.path")
+    folder = ctx.path(params.path, "path")
     if not (folder / "params.json").exists():
-        raise KDError(f"teacher.path: {folder} has no params.json (Meta-format Llama checkpoint expected)")
-    tok = local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else next(
+        raise ParamError("path", f"{folder} has no params.json (Meta-format Llama checkpoint expected)")
+    tok = ctx.path(params.tokenizer, "tokenizer") if params.tokenizer else next(
         (p for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model") if p.exists()), None
     )
     if tok is None:  # checked before the (possibly 13 GB) weights are read
-        raise KDError(f"teacher.tokenizer: no tokenizer.model in {folder} or its parent; name it")
+        raise ParamError("tokenizer", f"no tokenizer.model in {folder} or its parent; name it")
     model = _finish(meta_to_hf(folder, params.max_seq_len), params)
     identity = {"name": "meta-llama", "path": str(folder), "dtype": params.dtype}
     return HFTeacher("meta-llama", model, lambda: SentencePieceTokenizer(tok), identity)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdcore import hookspecs
 from kdcore.build import Builder
-from kdcore.components import Inputs, Targets
+from kdcore.components import Inputs, Params, Targets
 from kdcore.errors import KDError, SpecError
 from kdcore.hookspecs import hookimpl
 from kdcore.metrics import MetricsLog, read_metrics
@@ -35,14 +35,10 @@ def unregister(registry, plugin):
     assert not registry.pm.is_registered(plugin)
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # --- one test per hook --------------------------------------------------------------------------------
 
 
-class ConstIdsParams(Strict):
+class ConstIdsParams(Params):
     """Every position holds the same token id."""
 
     token: int = Field(3, ge=0)
@@ -105,7 +101,7 @@ def test_hook_kd_register_teachers(tiny_spec):
         unregister(registry, plugin)
 
 
-class BigramParams(Strict):
+class BigramParams(Params):
     """Next-token logits from the last token alone: one Linear(vocab, vocab)."""
 
 
@@ -147,7 +143,7 @@ def test_hook_kd_register_students(tiny_spec):
         unregister(registry, plugin)
 
 
-class L1Params(Strict):
+class L1Params(Params):
     """Mean absolute difference of logits."""
 
 
@@ -313,9 +309,8 @@ def installed_dist(tmp_path, monkeypatch):
 
 def test_entry_point_group_kd_is_discovered(installed_dist, tiny_spec):
     installed_dist("kd_demo_samplers", (
-        "from pydantic import BaseModel\n"
+        "from kdcore.components import Params\n"
         "from kdcore.hookspecs import hookimpl\n\n\n"
-        "class Params(BaseModel):\n    pass\n\n\n"
         "@hookimpl\n"
         "def kd_register_samplers(register):\n"
         "    register('demo-ids', 'kd_demo_samplers:Nothing', Params)\n"
@@ -343,9 +338,8 @@ def test_spec_plugin_module_next_to_the_spec(tmp_path, tiny_spec, monkeypatch):
     """`plugins = ["name"]` imports a module from the spec's folder; a `.py` path works as well."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     (tmp_path / "kd_demo_local.py").write_text(
-        "from pydantic import BaseModel\n"
+        "from kdcore.params import Params\n"
         "from kdcore.hookspecs import hookimpl\n\n\n"
-        "class Params(BaseModel):\n    pass\n\n\n"
         "@hookimpl\ndef kd_register_losses(register):\n    register('local-l1', 'kd_demo_local:L1', Params)\n"
     )
     try:

@@ -343,7 +343,7 @@ def test_evaluating_on_the_training_text_is_refused(tiny_spec, write_spec):
     tiny_spec["datasets"]["noise"]["sampler"] = {"name": "text-windows", "text": "builtin:eval.txt"}
     code, output = _validate(write_spec, tiny_spec)
     assert code == 1
-    assert "eval.text: builtin:eval.txt is also training text (datasets.noise.sampler.text)" in output
+    assert "datasets.noise.sampler.text: builtin:eval.txt is also the evaluation text (eval.text)" in output
 
 
 def test_seed_inputs_that_would_rerun_the_teacher_are_refused(tiny_spec, write_spec):

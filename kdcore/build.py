@@ -29,6 +29,11 @@ class Builder:
             raise
         except KDError as e:
             raise SpecError(self.spec.source, [(loc, str(e))]) from None
+        except (MemoryError, RuntimeError) as e:  # sizes in the spec past this machine: say which component
+            if not out_of_memory(e):
+                raise
+            raise SpecError(self.spec.source, [(loc, "building it needs more memory than this machine has: "
+                                                f"{str(e).splitlines()[0][:200]}")]) from None
 
     @cached_property
     def teacher(self):
@@ -137,3 +142,7 @@ class Builder:
             for j, loss in enumerate(phase.losses)
         ]
 
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: Python's, torch's on the CPU (a RuntimeError) or on a GPU."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)

@@ -165,6 +165,11 @@ class KHotParams(Params):
 
 
 class KHot(SoftSampler):
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        if params.k > self.V:  # topk would fail on the first sample, after the store is created
+            raise ParamError("k", f"{params.k} tokens per position, past the teacher's vocabulary ({self.V})")
+
     def draw(self, g):
         scores = torch.rand(self.S, self.V, generator=g)
         rows = torch.zeros(self.S, self.V)

@@ -20,9 +20,8 @@ class Builder:
 
     def _make(self, ref: ComponentRef, ctx: BuildContext, loc: str | None = None):
         loc = self._locs.get(id(ref), loc or ref.kind)
-        factory = self.registry.get(ref.kind, ref.name).resolve()
         try:
-            return factory(ref.params, ctx)
+            return self.registry.get(ref.kind, ref.name).resolve()(ref.params, ctx)
         except ParamError as e:  # the key is the component's own: anchor it where the component sits
             raise SpecError(self.spec.source, [(e.at(loc), e.message)]) from None
         except SpecError:  # a nested component's, already anchored
@@ -84,21 +83,22 @@ class Builder:
         ds = self.spec.datasets[dataset]
         if check:  # against the teacher's limits (generation); training rebuilds from a checked store
             self.check_dataset(dataset)
-        ctx = self.context(ds.max_seq_len, eval_text=self.eval_text)
-        sampler = self._make(ds.sampler, ctx, f"datasets.{dataset}.sampler")
-        if check and sampler.produces == "soft" and ds.inputs == "seed" and getattr(sampler, "runs_teacher", False):
-            raise SpecError(self.spec.source, [(f"datasets.{dataset}.inputs",
-                            "'seed' would re-run the teacher's generation on every training batch (the sampler "
-                            "mixes teacher-generated ids into float rows); use inputs = 'dense'")])
+        sampler = self._make(ds.sampler, self.context(ds.max_seq_len, eval_text=self.eval_text),
+                             f"datasets.{dataset}.sampler")
         if check:
-            self.check_store_size(dataset, sampler.produces)
+            self.check_store(dataset, sampler)
         return sampler
 
-    def check_store_size(self, dataset: str, produces: str) -> None:
+    def check_store(self, dataset: str, sampler) -> None:
+        """What the dataset's store would be, given what the sampler produces."""
         from kdcore.generate import layout_for
 
         ds = self.spec.datasets[dataset]
-        per_sample = layout_for(self.spec, dataset, self.teacher.vocab_size, produces).bytes_per_sample()
+        if sampler.produces == "soft" and ds.inputs == "seed" and getattr(sampler, "runs_teacher", False):
+            raise SpecError(self.spec.source, [(f"datasets.{dataset}.inputs",
+                            "'seed' would re-run the teacher's generation on every training batch (the sampler "
+                            "mixes teacher-generated ids into float rows); use inputs = 'dense'")])
+        per_sample = layout_for(self.spec, dataset, self.teacher.vocab_size, sampler.produces).bytes_per_sample()
         if per_sample * ds.samples > MAX_STORE_BYTES:
             raise SpecError(self.spec.source, [(f"datasets.{dataset}.samples",
                             f"{ds.samples} samples of {per_sample:,} bytes would make a store past 2**63 bytes, "

@@ -121,11 +121,7 @@ def values_at(indices: torch.Tensor, source_indices: torch.Tensor, source_values
 # --- losses ---------------------------------------------------------------------------------------
 
 
-class NoParams(Params):
-    """Base of the parameter models: no parameters, unknown keys rejected."""
-
-
-class MSEParams(NoParams):
+class MSEParams(Params):
     """Mean squared error on logits (the original's default loss)."""
 
 
@@ -142,7 +138,7 @@ class MSE:
         return F.mse_loss(student, targets.logits)
 
 
-class CEArgmaxParams(NoParams):
+class CEArgmaxParams(Params):
     """Cross-entropy against the teacher's argmax token (the original's --CE)."""
 
 
@@ -157,7 +153,7 @@ class CEArgmax:
         return F.cross_entropy(student, targets.argmax())
 
 
-class SLDCosineParams(NoParams):
+class SLDCosineParams(Params):
     """Shuffled-label-difference cosine distance (the original's --SLD); shuffles with the global RNG."""
 
 
@@ -192,7 +188,7 @@ class SLDCosine:
         return (1.0 - cos).mean()
 
 
-class KLParams(NoParams):
+class KLParams(Params):
     """KL divergence between teacher and student distributions, times T^2 (Hinton et al.)."""
 
     temperature: float = Field(1.0, gt=0, description="softens both distributions; dense targets only if != 1")
@@ -219,7 +215,7 @@ class KL:
         return kl_rows(log_p, log_q).mean() * t * t
 
 
-class JSDParams(NoParams):
+class JSDParams(Params):
     """Jensen-Shannon divergence between teacher and student distributions."""
 
 
@@ -236,7 +232,7 @@ class JSD:
         return (0.5 * kl_rows(log_p, log_m) + 0.5 * kl_rows(log_q, log_m)).mean()
 
 
-class SkewKLParams(NoParams):
+class SkewKLParams(Params):
     """Skew KL: KL(teacher || alpha * teacher + (1 - alpha) * student)."""
 
     alpha: float = Field(0.1, gt=0, lt=1, description="teacher's share of the mixture")

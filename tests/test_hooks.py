@@ -5,6 +5,7 @@ hooks, and discovery through the entry-point group `kd`."""
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 
 import pytest
@@ -349,3 +350,105 @@ def test_spec_plugin_module_next_to_the_spec(tmp_path, tiny_spec, monkeypatch):
     finally:
         sys.modules.pop("kd_demo_local", None)
         sys.modules.pop("kd_user_plugin_kd_demo_local", None)
+
+
+# --- the parameter contract and the typed callback ---------------------------------------------------
+
+
+def _registering(target=ConstIds, params=ConstIdsParams, name="const-ids", **by_keyword):
+    class Registers:
+        @hookimpl
+        def kd_register_samplers(self, register):
+            if by_keyword:
+                register(name=name, target=target, params=params)
+            else:
+                register(name, target, params)
+
+    return Registers()
+
+
+class LooseParams(BaseModel):
+    token: int = 3
+
+
+class InfParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scale: float = 1.0
+
+
+class Inner(BaseModel):
+    width: int = 1
+
+
+class NestedParams(Params):
+    inner: Inner = Inner()
+
+
+class LaxParams(Params):
+    """Strictness off on purpose: the contract is unknown keys and non-finite floats, not strict types."""
+
+    model_config = ConfigDict(strict=False)
+    token: int = 3
+
+
+@pytest.mark.parametrize("params, problem", [
+    (LooseParams, "LooseParams lets unknown keys through (extra='ignore')"),
+    (InfParams, "InfParams accepts inf and nan as floats"),
+    (NestedParams, "Inner lets unknown keys through"),
+    (dict, "params must be a pydantic model class"),
+])
+def test_a_params_model_that_breaks_the_contract_is_refused(params, problem):
+    with pytest.raises(KDError) as info:
+        load_registry(extra_plugins=[_registering(params=params)])
+    message = str(info.value)
+    assert message.startswith("Registers: sampler 'const-ids': ") and problem in message, message
+    assert "kdcore.params.Params" in message  # what to do about it
+
+
+def test_a_params_model_that_keeps_the_contract_may_relax_the_rest(tiny_spec):
+    registry = load_registry(extra_plugins=[_registering(params=LaxParams)])
+    tiny_spec["datasets"]["noise"]["sampler"]["sampler"] = {"name": "const-ids", "token": "5"}
+    assert parse_spec(tiny_spec, registry=registry).datasets["noise"].sampler.params.sampler.params.token == 5
+
+
+@pytest.mark.parametrize("target, name, problem", [
+    ("kd_plugins.samplers.Uniform", "x", "the target must be a class, a factory (params, ctx) -> component, or a 'module:attr'"),
+    (42, "x", "the target must be"),
+    (ConstIds, "", "needs a non-empty string name, got ''"),
+    (ConstIds, 7, "needs a non-empty string name, got 7"),
+])
+def test_a_registration_that_cannot_be_built_is_refused(target, name, problem):
+    with pytest.raises(KDError, match=re.escape(problem)):
+        load_registry(extra_plugins=[_registering(target=target, name=name)])
+
+
+def test_registration_hooks_hand_out_the_typed_callback():
+    """Each registration hook is annotated with `Register`, and the callback plugins get takes its
+    parameters by the names the Protocol gives them (a plugin may pass them by keyword)."""
+    expected = list(inspect.signature(hookspecs.Register.__call__).parameters)[1:]
+    assert expected == ["name", "target", "params"]
+    for kind in KINDS:
+        spec = getattr(hookspecs, f"kd_register_{kind_plural(kind)}")
+        assert inspect.signature(spec).parameters["register"].annotation in ("Register", hookspecs.Register)
+    registry = load_registry(extra_plugins=[_registering(by_keyword=True)])
+    assert registry.get("sampler", "const-ids").target is ConstIds
+    given = []
+
+    class Spy:
+        @hookimpl
+        def kd_register_losses(self, register):
+            given.append(register)
+
+    load_registry(extra_plugins=[Spy()])
+    assert list(inspect.signature(given[0]).parameters) == expected
+
+
+def test_a_lazy_target_that_does_not_import_is_reported_at_its_key(tiny_spec):
+    registry = load_registry(extra_plugins=[_registering(target="kd_no_such_module:Sampler")])
+    tiny_spec["datasets"]["noise"]["sampler"]["sampler"] = {"name": "const-ids"}
+    spec = parse_spec(tiny_spec, registry=registry)  # listing and validating never import it
+    with pytest.raises(SpecError) as info:
+        Builder(spec).sampler("noise")
+    assert info.value.problems == [("datasets.noise.sampler.sampler",
+                                    "sampler 'const-ids' (from Registers): cannot import kd_no_such_module:Sampler: "
+                                    "No module named 'kd_no_such_module'")]

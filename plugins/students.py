@@ -59,7 +59,7 @@ class TransformerBabyParams(StudentParams):
     @model_validator(mode="after")
     def _heads_divide_width(self):
         if self.d_model % self.nhead:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+            raise ParamError("nhead", f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
         return self
 
 
@@ -78,9 +78,9 @@ class LlamaParams(StudentParams):
     @model_validator(mode="after")
     def _heads_fit(self):
         if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
+            raise ParamError("heads", f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
         if self.heads % (self.kv_heads or self.heads):
-            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+            raise ParamError("kv_heads", f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
         return self
 
 

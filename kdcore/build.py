@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from kdcore.components import BuildContext
-from kdcore.errors import KDError, SpecError
+from kdcore.components import BuildContext, CheckedSampler, check_contract, runs_teacher
+from kdcore.errors import KDError, ParamError, SpecError
 from kdcore.spec import ComponentRef, Spec, all_refs
+
+# a store's byte offsets and numpy's indices are signed 64-bit
+MAX_STORE_BYTES = 2**63 - 1
 
 
 class Builder:
@@ -17,20 +20,29 @@ class Builder:
 
     def _make(self, ref: ComponentRef, ctx: BuildContext, loc: str | None = None):
         loc = self._locs.get(id(ref), loc or ref.kind)
-        factory = self.registry.get(ref.kind, ref.name).resolve()
+        component = self.registry.get(ref.kind, ref.name)
+        made = self._call(component, ref, ctx, loc)
+        missing = check_contract(ref.kind, made)
+        if missing:  # a plugin that misses a piece is told here, not deep inside a stage
+            raise SpecError(self.spec.source, [(loc, f"{ref.kind} '{ref.name}' (from {component.source}) does not "
+                                                f"keep the {ref.kind} contract (kdcore.components): it lacks "
+                                                f"{'; '.join(missing)}")])
+        return made
+
+    def _call(self, component, ref: ComponentRef, ctx: BuildContext, loc: str):
         try:
-            return factory(ref.params, ctx)
-        except SpecError:
+            return component.resolve()(ref.params, ctx)
+        except ParamError as e:  # the key is the component's own: anchor it where the component sits
+            raise SpecError(self.spec.source, [(e.at(loc), e.message)]) from None
+        except SpecError:  # a nested component's, already anchored
             raise
         except KDError as e:
-            # components say "sampler.high: ..."; anchor that key at the component's place in the spec
-            msg = str(e)
-            head, sep, rest = msg.partition(": ")
-            if sep and head.startswith(f"{ref.kind}.") and " " not in head:
-                raise SpecError(self.spec.source, [(f"{loc}.{head[len(ref.kind) + 1:]}", rest)]) from None
-            if sep and head == ref.kind:
-                msg = rest
-            raise SpecError(self.spec.source, [(loc, msg)]) from None
+            raise SpecError(self.spec.source, [(loc, str(e))]) from None
+        except (MemoryError, RuntimeError) as e:  # sizes in the spec past this machine: say which component
+            if not out_of_memory(e):
+                raise
+            raise SpecError(self.spec.source, [(loc, "building it needs more memory than this machine has: "
+                                                f"{str(e).splitlines()[0][:200]}")]) from None
 
     @cached_property
     def teacher(self):
@@ -57,12 +69,25 @@ class Builder:
                 return store.layout.vocab_size
         return self.teacher.vocab_size
 
-    def context(self, max_seq_len: int) -> BuildContext:
+    @cached_property
+    def eval_texts(self) -> tuple:
+        from kdcore.texts import resolve_text
+
+        ev, out = self.spec.eval, []
+        for key, ref in [("eval.text", ev.text)] + [(f"eval.extra_texts[{i}]", t) for i, t in enumerate(ev.extra_texts)]:
+            try:
+                out.append(resolve_text(ref, self.spec.base_dir, key="").resolve())
+            except ParamError as e:  # checked with the spec already: only a file removed since lands here
+                raise SpecError(self.spec.source, [(e.at(key), e.message)]) from None
+        return tuple(out)
+
+    def context(self, max_seq_len: int, **more) -> BuildContext:
         ctx = BuildContext(
             vocab_size=self.vocab_size,
             max_seq_len=max_seq_len,
             base_dir=self.spec.base_dir,
             teacher=lambda: self.teacher,
+            **more,
         )
         ctx.build = lambda kind, ref: self._make(ref, ctx)
         return ctx
@@ -71,12 +96,28 @@ class Builder:
         ds = self.spec.datasets[dataset]
         if check:  # against the teacher's limits (generation); training rebuilds from a checked store
             self.check_dataset(dataset)
-        sampler = self._make(ds.sampler, self.context(ds.max_seq_len), f"datasets.{dataset}.sampler")
-        if check and sampler.produces == "soft" and ds.inputs == "seed" and getattr(sampler, "runs_teacher", False):
+        sampler = self._make(ds.sampler, self.context(ds.max_seq_len, eval_texts=self.eval_texts),
+                             f"datasets.{dataset}.sampler")
+        # every batch it draws is checked against the contract (ids in the vocabulary, shapes)
+        sampler = CheckedSampler(sampler, ds.sampler.name, self.vocab_size, ds.max_seq_len)
+        if check:
+            self.check_store(dataset, sampler)
+        return sampler
+
+    def check_store(self, dataset: str, sampler) -> None:
+        """What the dataset's store would be, given what the sampler produces."""
+        from kdcore.generate import layout_for
+
+        ds = self.spec.datasets[dataset]
+        if sampler.produces == "soft" and ds.inputs == "seed" and runs_teacher(sampler):
             raise SpecError(self.spec.source, [(f"datasets.{dataset}.inputs",
                             "'seed' would re-run the teacher's generation on every training batch (the sampler "
                             "mixes teacher-generated ids into float rows); use inputs = 'dense'")])
-        return sampler
+        per_sample = layout_for(self.spec, dataset, self.teacher.vocab_size, sampler.produces).bytes_per_sample()
+        if per_sample * ds.samples > MAX_STORE_BYTES:
+            raise SpecError(self.spec.source, [(f"datasets.{dataset}.samples",
+                            f"{ds.samples} samples of {per_sample:,} bytes would make a store past 2**63 bytes, "
+                            "more than a 64-bit offset can address")])
 
     def check_dataset(self, dataset: str) -> None:
         ds = self.spec.datasets[dataset]
@@ -89,46 +130,32 @@ class Builder:
                             f"{ds.topk} is larger than the vocabulary ({self.teacher.vocab_size})")])
 
     def check_phase(self, index: int, student) -> None:
-        """What only shows once dataset, student and losses meet: refused before any training step."""
+        """What only shows once dataset and student meet: refused before any training step."""
         phase = self.spec.phases[index]
         ds = self.spec.datasets[phase.dataset]
-        problems = []
-        supported = tuple(getattr(student, "positions", ("last",)))
+        supported = tuple(getattr(student, "positions", ("last",)))  # the Student protocol's promise
         if ds.positions not in supported:
-            problems.append((f"datasets.{phase.dataset}.positions",
-                             f"'{ds.positions}' targets, but student '{self.spec.student.name}' predicts only "
-                             f"{', '.join(supported)}: use positions = 'last' or a student that predicts every position (llama)"))
-        if ds.logits == "topk":
-            for j, loss in enumerate(phase.losses):
-                if getattr(loss.params, "temperature", 1.0) != 1.0:
-                    problems.append((f"phases[{index}].losses[{j}].temperature",
-                                     "must be 1 with top-k targets (the tempered tail mass is not recoverable "
-                                     "from k values); use logits = 'dense' to distil at a temperature"))
-        if problems:
-            raise SpecError(self.spec.source, problems)
+            raise SpecError(self.spec.source, [(f"datasets.{phase.dataset}.positions",
+                            f"'{ds.positions}' targets, but student '{self.spec.student.name}' predicts only "
+                            f"{', '.join(supported)}: use positions = 'last' or a student that predicts every position")])
 
     def check_eval(self) -> None:
-        """Never evaluate on text a student trained on."""
-        from kdcore.texts import resolve_text
-
-        evaluated = resolve_text(self.spec.eval.text, self.spec.base_dir).resolve()
-        for loc, ref in all_refs(self.spec):
-            text = getattr(ref.params, "text", None) if ref.kind == "sampler" else None
-            if text and resolve_text(text, self.spec.base_dir).resolve() == evaluated:
-                raise SpecError(self.spec.source, [("eval.text", f"{self.spec.eval.text} is also training text ({loc}.text): "
-                                                    "evaluate on text the student never saw")])
+        """Never evaluate on text a student trained on: the phases' samplers, built with the evaluation
+        text in their context, refuse it themselves."""
+        for name in dict.fromkeys(p.dataset for p in self.spec.phases):
+            self.sampler(name, check=False)
 
     def student(self, max_seq_len: int):
         return self._make(self.spec.student, self.context(max_seq_len), "student")
 
     def losses(self, phase_index: int):
         phase = self.spec.phases[phase_index]
-        ctx = self.context(self.spec.datasets[phase.dataset].max_seq_len)
+        ds = self.spec.datasets[phase.dataset]
+        ctx = self.context(ds.max_seq_len, logits=ds.logits)
         return [
             (loss.name, loss.weight, self._make(loss, ctx, f"phases[{phase_index}].losses[{j}]"))
             for j, loss in enumerate(phase.losses)
         ]
-
 
     def check_purity(self, dataset: str, sampler) -> None:
         """`kd validate --check`: a few samples drawn in a batch, again, alone and in another order
@@ -144,6 +171,11 @@ class Builder:
                     raise SpecError(self.spec.source, [(f"datasets.{dataset}.sampler", f"sampler "
                                     f"'{self.spec.datasets[dataset].sampler.name}' is not a pure function of (seed, "
                                     f"index): sample {index} differs when {how}")])
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: Python's, torch's on the CPU (a RuntimeError) or on a GPU."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)
 
 
 def _same_row(a, i: int, b, j: int) -> bool:

@@ -87,7 +87,6 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
         attempt(lambda: builder.losses(i))
         if student is not None:
             attempt(lambda: builder.check_phase(i, student))
-    attempt(builder.check_eval)
     if check:
         for name, sampler in samplers.items():
             if sampler is not None:
@@ -107,13 +106,22 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
 
 
 @app.command()
-def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teacher, sampler, student, loss")):
+def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teacher, sampler, student, loss"),
+            spec: Optional[Path] = typer.Option(None, "--spec", help="also the plugins this spec names")):
     """List every component: its kind, name, where it comes from and its parameters."""
     from kdcore.registry import KINDS, kind_plural, load_registry
+    from kdcore.spec import spec_plugins
 
     if kind is not None and kind not in KINDS:
         raise KDError(f"unknown kind '{kind}'{did_you_mean(kind, list(KINDS))}")
-    registry = load_registry()
+    if spec is None:
+        registry = load_registry()
+    else:
+        modules = spec_plugins(spec)
+        try:
+            registry = load_registry(modules, spec.parent)
+        except KDError as e:
+            raise SpecError(str(spec), [("plugins", str(e))]) from None
     for k in KINDS:
         if kind and k != kind:
             continue

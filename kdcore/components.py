@@ -1,15 +1,19 @@
 """What each kind of component promises (Protocols), and the data that flows between them.
 
-Plugins implement these; the core only relies on what is written here.
+Plugins implement these; the core only relies on what is written here. Their parameter models
+subclass `Params` and they refuse a wrong key with `ParamError` (both from `kdcore.params`, and
+importable from here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
+
+from kdcore.params import ParamError, Params, Seed  # noqa: F401  (re-exported: what plugins subclass and raise)
 
 Positions = Literal["last", "all"]
 
@@ -117,14 +121,28 @@ def last_positions(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class BuildContext:
-    """What a component may need beyond its parameters when it is built."""
+    """What a component may need beyond its parameters when it is built, to check them against.
+
+    A component refuses parameters that do not fit its context with `ParamError(key, message)`, the
+    key relative to itself; the builder reports it at the component's place in the spec.
+    """
 
     vocab_size: int
     max_seq_len: int
-    base_dir: Path = Path(".")
+    base_dir: Path = Path(".")  # the spec's folder: see `path`
     teacher: Callable[[], "Teacher"] | None = None  # lazy: only samplers that need it call it
     build: Callable[[str, Any], Any] | None = None  # build(kind, ref) for nested components
-    extra: dict = field(default_factory=dict)
+    logits: Literal["dense", "topk"] = "dense"  # the targets a loss gets: its phase's dataset's
+    eval_texts: tuple[Path, ...] = ()  # the evaluation texts (resolved): a sampler must not train on them
+
+    def path(self, ref: str, key: str) -> Path:
+        """The local file or folder that parameter `key` names, tried relative to the spec's folder first."""
+        from kdcore.spec import local_path
+
+        path = local_path(ref, self.base_dir)
+        if not path.exists():
+            raise ParamError(key, f"{ref} does not exist")
+        return path
 
 
 # --- protocols ------------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 class KDError(Exception):
     """A user-facing error: bad spec, unknown plugin, mismatched or corrupt store, ..."""
@@ -23,18 +21,32 @@ class SpecError(KDError):
         super().__init__("\n".join(lines))
 
 
+class ParamError(KDError, ValueError):
+    """This key is wrong: `key` is relative to the component or model that raises it.
+
+    Components raise it from their constructor (`ParamError("high", "100 is past the vocabulary")`)
+    and parameter models from their validators (it is a ValueError, so pydantic collects it); the
+    spec and the builder anchor the key where the component sits (`datasets.noise.sampler.high`).
+    `key` may be "" (the component as a whole), "low", "prompts[0]" or "samplers[1].weights".
+    """
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def at(self, loc: str) -> str:
+        """The full key path, with `loc` the place of the raiser in the spec."""
+        return join_key(loc, self.key)
+
+
+def join_key(loc: str, key: str) -> str:
+    if not key or not loc:
+        return loc or key
+    return f"{loc}{key}" if key.startswith("[") else f"{loc}.{key}"
+
+
 class StoreError(KDError):
     """A store that is missing, corrupt, or does not match the spec."""
-
-
-def local_path(ref: str, base_dir: Path, key: str) -> Path:
-    """A local path named in a spec: as given, or relative to the spec's folder; it must exist."""
-    path = Path(ref).expanduser()
-    if not path.is_absolute() and (base_dir / path).exists():
-        path = base_dir / path
-    if not path.exists():
-        raise KDError(f"{key}: {ref} does not exist")
-    return path
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:

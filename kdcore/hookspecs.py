@@ -4,30 +4,45 @@ Built-in components (the `plugins/` folder, imported as `kd_plugins`) use these 
 party implements them in a module and either lists the module in a spec (`plugins = ["my_pkg.mod"]`)
 or declares it under the entry-point group `kd` of its package.
 
-Registration hooks receive a `register(name, cls, params)` callback:
+Registration hooks receive a `register(name, target, params)` callback (typed by `Register` below):
   name    the component's name in specs (`name = "uniform"`); a duplicate name is an error.
-  cls     the component class, or a "module:Class" string imported only when a spec selects it,
-          so heavy imports (transformers) stay out of `kd --help`.
-  params  a pydantic model of the component's parameters (extra keys forbidden); the spec table of
-          the component, minus `name`, is validated against it and passed to `cls(params, ctx)`.
+  target  the component class or a factory `(params, ctx) -> component`, or a "module:attr" string
+          imported only when a spec selects it, so heavy imports (transformers) stay out of `kd --help`.
+  params  the pydantic model of the component's parameters, a subclass of `kdcore.params.Params`
+          (unknown keys, loose types and non-finite floats refused; a model that lets unknown keys
+          or inf/nan through is refused when it registers). The spec table of the component, minus
+          `name`, is validated against it and passed to `target(params, ctx)`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
 import pluggy
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 PROJECT = "kd"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# what a registration builds: a class or factory called as target(params, ctx), or "module:attr"
+Target = Union[type, Callable[..., Any], str]
+
+
+class Register(Protocol):
+    """The callback each registration hook receives; it raises KDError for a duplicate name, a
+    target that is neither callable nor "module:attr", or a params model that breaks the contract."""
+
+    def __call__(self, name: str, target: Target, params: type["BaseModel"]) -> None: ...
 
 
 # --- components -----------------------------------------------------------------------------------
 
 
 @hookspec
-def kd_register_teachers(register: Any) -> None:
+def kd_register_teachers(register: Register) -> None:
     """Register teacher adapters.
 
     A teacher wraps a frozen causal LM and accepts float vocab rows (`inputs_embeds = x @ E`) as well
@@ -36,7 +51,7 @@ def kd_register_teachers(register: Any) -> None:
 
 
 @hookspec
-def kd_register_samplers(register: Any) -> None:
+def kd_register_samplers(register: Register) -> None:
     """Register noise samplers.
 
     A sampler turns (dataset seed, sample index) into one input sequence: float vocab rows or token
@@ -46,7 +61,7 @@ def kd_register_samplers(register: Any) -> None:
 
 
 @hookspec
-def kd_register_students(register: Any) -> None:
+def kd_register_students(register: Register) -> None:
     """Register student architectures.
 
     A student's first layer is `Linear(vocab, d)` over float rows; `revert()` folds it into an
@@ -55,7 +70,7 @@ def kd_register_students(register: Any) -> None:
 
 
 @hookspec
-def kd_register_losses(register: Any) -> None:
+def kd_register_losses(register: Register) -> None:
     """Register distillation losses.
 
     A loss maps (student logits, teacher targets, mask) to a scalar; a training phase sums several

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import sys
 import traceback
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pydantic import BaseModel
 
 from kdcore import hookspecs
 from kdcore.errors import KDError, did_you_mean
+from kdcore.hookspecs import Register, Target
+from kdcore.params import contract_problem
 
 KINDS = ("teacher", "sampler", "student", "loss")
 BUILTIN_MODULE = "kd_plugins"
@@ -31,21 +32,18 @@ BUILTIN_MODULE = "kd_plugins"
 class Component:
     kind: str
     name: str
-    target: type | str  # the class, or "module:Class" imported lazily
+    target: Target  # the class or factory, or "module:attr" imported lazily
     params: type[BaseModel]
     source: str  # the plugin that registered it
 
-    def resolve(self) -> type:
+    def resolve(self):
         if isinstance(self.target, str):
             module, _, attr = self.target.partition(":")
-            self.target = getattr(importlib.import_module(module), attr)
+            try:
+                self.target = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise KDError(f"{self.kind} '{self.name}' (from {self.source}): cannot import {self.target}: {e}") from None
         return self.target
-
-    @property
-    def doc(self) -> str:
-        if isinstance(self.target, str):
-            return self.params.__doc__ or ""
-        return (inspect.getdoc(self.target) or self.params.__doc__ or "").split("\n")[0]
 
 
 class Registry:
@@ -53,16 +51,22 @@ class Registry:
         self.pm = pm
         self.components: dict[str, dict[str, Component]] = {k: {} for k in KINDS}
 
-    def _register_fn(self, kind: str, source: str):
-        def register(name: str, cls: type | str, params: type[BaseModel]) -> None:
+    def _register_fn(self, kind: str, source: str) -> Register:
+        def register(name: str, target: Target, params: type[BaseModel]) -> None:
             table = self.components[kind]
+            if not isinstance(name, str) or not name:
+                raise KDError(f"{source}: a {kind} needs a non-empty string name, got {name!r}")
             if name in table:
                 raise KDError(
                     f"{kind} '{name}' is registered twice: by {table[name].source} and by {source}"
                 )
-            if not (isinstance(params, type) and issubclass(params, BaseModel)):
-                raise KDError(f"{source}: {kind} '{name}': params must be a pydantic model class")
-            table[name] = Component(kind, name, cls, params, source)
+            if not (callable(target) or isinstance(target, str) and ":" in target):
+                raise KDError(f"{source}: {kind} '{name}': the target must be a class, a factory "
+                              f"(params, ctx) -> component, or a 'module:attr' string, got {target!r}")
+            problem = contract_problem(params)
+            if problem:
+                raise KDError(f"{source}: {kind} '{name}': {problem}")
+            table[name] = Component(kind, name, target, params, source)
 
         return register
 

@@ -15,9 +15,10 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
-from kdcore.errors import KDError, SpecError, did_you_mean
+from kdcore.errors import KDError, ParamError, SpecError, did_you_mean, join_key
+from kdcore.params import Params, Seed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,12 +26,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ComponentRef(BaseModel):
-    """A component named in a spec: `name` plus that component's own parameters."""
+class ComponentRef(Params):
+    """A component named in a spec: `name` plus that component's own parameters (its own model
+    validates those: they are kept as extras here)."""
 
     model_config = ConfigDict(extra="allow")
     kind: ClassVar[str] = ""
@@ -85,10 +83,10 @@ class LossTerm(LossRef):
     weight: float = Field(1.0, ge=0)
 
 
-class DatasetSpec(Strict):
+class DatasetSpec(Params):
     samples: int = Field(gt=0, description="number of samples")
     max_seq_len: int = Field(gt=0, description="sequence length S (positions per sample)")
-    seed: int = 0
+    seed: Seed = 0
     positions: Literal["last", "all"] = "last"
     logits: Literal["dense", "topk"] = "dense"
     topk: int = Field(64, gt=0, description="kept logits per position when logits = 'topk'")
@@ -98,7 +96,7 @@ class DatasetSpec(Strict):
     sampler: SamplerRef
 
 
-class PhaseSpec(Strict):
+class PhaseSpec(Params):
     name: str | None = None
     dataset: str
     epochs: int = Field(1, gt=0)
@@ -113,14 +111,14 @@ class PhaseSpec(Strict):
     gamma: float = Field(0.5, gt=0, description="decay factor (step, exponential, plateau)")
     clip: float | None = Field(None, gt=0, description="max gradient norm")
     init: Literal["default", "kaiming"] = "default"
-    seed: int = 0
+    seed: Seed = 0
     shuffle_chunks: int = Field(8, gt=0, description="chunks read into the shuffle buffer")
     workers: int = Field(0, ge=0, description="DataLoader worker processes (read chunks, regenerate noise)")
     checkpoint_every: int = Field(50, gt=0, description="steps between checkpoints")
     losses: list[LossTerm] = Field(min_length=1)
 
 
-class EvalSpec(Strict):
+class EvalSpec(Params):
     text: str = Field("builtin:eval.txt", description="evaluation text: a path or builtin:NAME")
     extra_texts: list[str] = Field(default_factory=list, description="more held-out texts, reported beside `text`")
     windows: int = Field(200, gt=0, description="text windows scored")
@@ -140,15 +138,35 @@ class EvalSpec(Strict):
     def texts(self) -> list[str]:
         return list(dict.fromkeys([self.text, *self.extra_texts]))
 
+    @field_validator("text")
+    @classmethod
+    def _readable_text(cls, text: str, info: ValidationInfo):
+        """Checked with the spec, so no command generates or trains before finding it unreadable."""
+        from kdcore.texts import check_text
+
+        if info.context and "base_dir" in info.context:
+            check_text(text, info.context["base_dir"], key="")
+        return text
+
+    @field_validator("extra_texts")
+    @classmethod
+    def _readable_texts(cls, texts: list[str], info: ValidationInfo):
+        from kdcore.texts import check_text
+
+        if info.context and "base_dir" in info.context:
+            for i, text in enumerate(texts):
+                check_text(text, info.context["base_dir"], key=f"[{i}]")
+        return texts
+
     @model_validator(mode="after")
     def _prompts_not_empty(self):
         for i, prompt in enumerate(self.prompts):
             if not prompt.strip():
-                raise PointedError(f"eval.prompts[{i}]", "an empty prompt gives the models nothing to continue")
+                raise ParamError(f"prompts[{i}]", "an empty prompt gives the models nothing to continue")
         return self
 
 
-class Spec(Strict):
+class Spec(Params):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     recipe: str = Field("", description="what this run measures, for `kd compare` (runs of one recipe at several budgets form one line); default: name")
@@ -173,19 +191,28 @@ class Spec(Strict):
     def _dataset_names(self):
         for name in self.datasets:
             if not _SAFE_NAME.fullmatch(name):
-                raise PointedError(f"datasets.{name}", "dataset names use letters, digits, '_', '.', '-'")
+                raise ParamError(f"datasets.{name}", "dataset names use letters, digits, '_', '.', '-'")
         return self
 
-    # --- paths ---
+    @model_validator(mode="after")
+    def _stores_apart_from_the_run(self):
+        """A dataset's `--overwrite` deletes its store folder: it must not hold the run's files."""
+        run = self.run_path.resolve()
+        for name in self.datasets:
+            store = self.store_path(name).resolve()
+            if store == run or run in store.parents or store in run.parents:
+                raise ParamError("store_dir", f"the store of dataset '{name}' ({self.store_path(name)}) and the "
+                                 f"run folder ({self.run_path}) overlap: regenerating the dataset would delete "
+                                 "the trained student; use separate store_dir and runs_dir")
+        return self
+
+    # --- paths: store_dir and runs_dir are relative to the working directory ---
     def store_path(self, dataset: str) -> Path:
-        return self._path(self.store_dir) / dataset
+        return Path(self.store_dir) / dataset
 
     @property
     def run_path(self) -> Path:
-        return self._path(self.runs_dir) / self.name
-
-    def _path(self, p: str) -> Path:
-        return Path(p)
+        return Path(self.runs_dir) / self.name
 
     def resolved(self) -> dict:
         data = self.model_dump(mode="json")
@@ -210,12 +237,13 @@ class Spec(Strict):
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class PointedError(ValueError):
-    """A cross-field check that knows which key is wrong."""
-
-    def __init__(self, loc: str, msg: str):
-        self.loc, self.msg = loc, msg
-        super().__init__(msg)
+def local_path(ref: str, base_dir: Path) -> Path:
+    """A file or folder named in a spec (teacher, tokenizer, text, plugin): relative to the spec's
+    folder when it exists there, else as given (relative to the working directory)."""
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and (base_dir / path).exists():
+        return base_dir / path
+    return path
 
 
 def spec_hash(data: Any) -> str:
@@ -241,14 +269,12 @@ def pydantic_problems(err: ValidationError, prefix: str = "", model: type[BaseMo
     problems = []
     for e in err.errors(include_url=False):
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = format_loc(loc)
-        full = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        full = join_key(prefix, format_loc(loc))
         ctx_err = (e.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, PointedError):
-            problems.append((ctx_err.loc, ctx_err.msg))
-            continue
         kind = e["type"]
-        if kind == "extra_forbidden":
+        if isinstance(ctx_err, ParamError):  # a validator said which key, relative to its model
+            full, msg = ctx_err.at(full), ctx_err.message
+        elif kind == "extra_forbidden":
             msg = "unknown key"
             owner = _model_at(model, loc[:-1]) if model is not None else None
             if owner is not None:
@@ -257,10 +283,6 @@ def pydantic_problems(err: ValidationError, prefix: str = "", model: type[BaseMo
             msg = "required key is missing"
         elif kind == "value_error":
             msg = str(ctx_err) if ctx_err is not None else e["msg"].removeprefix("Value error, ")
-            head, sep, rest = msg.partition(": ")
-            owner = _model_at(model, loc) if model is not None else None
-            if sep and owner is not None and head in owner.model_fields:
-                full, msg = f"{full}.{head}", rest  # the validator named the key it is about
         else:
             msg = e["msg"]
             if "input" in e and not isinstance(e["input"], (dict, list)):
@@ -313,20 +335,31 @@ def load_spec(path: str | Path, registry=None) -> Spec:
     return parse_spec(read_toml(path), source=str(path), base_dir=path.parent, registry=registry)
 
 
+def spec_plugins(path: str | Path) -> list[str]:
+    """The plugin modules a spec file lists, without validating the rest of it (`kd plugins --spec`)."""
+    path = Path(path)
+    plugins = read_toml(path).get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise SpecError(str(path), [("plugins", "must be a list of module names or .py files")])
+    return plugins
+
+
 def parse_spec(data: dict, source: str = "<spec>", base_dir: Path = Path("."), registry=None) -> Spec:
     from kdcore.registry import load_registry
 
+    base_dir = Path(base_dir)
     problems: list[tuple[str, str]] = []
     try:
-        spec = Spec.model_validate({**data, "source": source, "base_dir": base_dir})
+        spec = Spec.model_validate({**data, "source": source, "base_dir": base_dir}, context={"base_dir": base_dir})
     except ValidationError as e:
         problems.extend(pydantic_problems(e, model=Spec))
         spec = None
     problems.extend(_cross_checks(data))
     if registry is None:
-        plugins = data.get("plugins", [])
+        plugins = data.get("plugins", [])  # a wrong type is reported with the spec's other problems
+        plugins = [p for p in plugins if isinstance(p, str)] if isinstance(plugins, list) else []
         try:
-            registry = load_registry(plugins if isinstance(plugins, list) else [], base_dir)
+            registry = load_registry(plugins, base_dir)
         except KDError as e:
             problems.append(("plugins", str(e)))
     if registry is not None:

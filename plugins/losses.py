@@ -22,9 +22,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from kdcore.components import BuildContext, Targets
+from kdcore.components import BuildContext, ParamError, Params, Targets
 
 # Floor for the teacher's tail mass: float16 values can make the kept mass round to >= 1.
 TAIL_FLOOR = 1e-10
@@ -121,13 +121,7 @@ def values_at(indices: torch.Tensor, source_indices: torch.Tensor, source_values
 # --- losses ---------------------------------------------------------------------------------------
 
 
-class NoParams(BaseModel):
-    """Base of the parameter models: no parameters, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class MSEParams(NoParams):
+class MSEParams(Params):
     """Mean squared error on logits (the original's default loss)."""
 
 
@@ -144,7 +138,7 @@ class MSE:
         return F.mse_loss(student, targets.logits)
 
 
-class CEArgmaxParams(NoParams):
+class CEArgmaxParams(Params):
     """Cross-entropy against the teacher's argmax token (the original's --CE)."""
 
 
@@ -159,7 +153,7 @@ class CEArgmax:
         return F.cross_entropy(student, targets.argmax())
 
 
-class SLDCosineParams(NoParams):
+class SLDCosineParams(Params):
     """Shuffled-label-difference cosine distance (the original's --SLD); shuffles with the global RNG."""
 
 
@@ -194,7 +188,7 @@ class SLDCosine:
         return (1.0 - cos).mean()
 
 
-class KLParams(NoParams):
+class KLParams(Params):
     """KL divergence between teacher and student distributions, times T^2 (Hinton et al.)."""
 
     temperature: float = Field(1.0, gt=0, description="softens both distributions; dense targets only if != 1")
@@ -207,6 +201,9 @@ class KL:
     """KL divergence, forward KL(teacher || student) or reverse, scaled by T^2; top-k adds a tail bucket."""
 
     def __init__(self, params: KLParams, ctx: BuildContext | None = None):
+        if ctx is not None and ctx.logits == "topk" and params.temperature != 1.0:
+            raise ParamError("temperature", "must be 1 with top-k targets (the tempered tail mass is not "
+                             "recoverable from k values); use logits = 'dense' to distil at a temperature")
         self.params = params
 
     def __call__(self, student_logits, targets: Targets, mask=None) -> torch.Tensor:
@@ -218,7 +215,7 @@ class KL:
         return kl_rows(log_p, log_q).mean() * t * t
 
 
-class JSDParams(NoParams):
+class JSDParams(Params):
     """Jensen-Shannon divergence between teacher and student distributions."""
 
 
@@ -235,7 +232,7 @@ class JSD:
         return (0.5 * kl_rows(log_p, log_m) + 0.5 * kl_rows(log_q, log_m)).mean()
 
 
-class SkewKLParams(NoParams):
+class SkewKLParams(Params):
     """Skew KL: KL(teacher || alpha * teacher + (1 - alpha) * student)."""
 
     alpha: float = Field(0.1, gt=0, lt=1, description="teacher's share of the mixture")

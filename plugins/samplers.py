@@ -12,16 +12,11 @@ from collections import OrderedDict
 from typing import Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from kdcore.components import BuildContext, Inputs, generator, sample_seed
-from kdcore.errors import KDError
+from kdcore.components import BuildContext, Inputs, ParamError, Params, generator, sample_seed
 from kdcore.spec import SamplerRef
 from kdcore.threads import spread
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _full(n: int, S: int) -> torch.Tensor:
@@ -66,7 +61,7 @@ class UniformParams(Params):
     @model_validator(mode="after")
     def _ordered(self):
         if not self.low < self.high:
-            raise ValueError(f"low: must be < high (got {self.low:g} >= {self.high:g})")
+            raise ParamError("low", f"must be < high (got {self.low:g} >= {self.high:g})")
         return self
 
 
@@ -90,9 +85,9 @@ class RandomIds:
         self.S, self.low = ctx.max_seq_len, params.low
         self.high = params.high or ctx.vocab_size
         if self.high > ctx.vocab_size:
-            raise KDError(f"sampler.high: {self.high} is past the teacher's vocabulary ({ctx.vocab_size})")
+            raise ParamError("high", f"{self.high} is past the teacher's vocabulary ({ctx.vocab_size})")
         if self.low >= self.high:
-            raise KDError(f"sampler.low: must be < high (got {self.low} >= {self.high})")
+            raise ParamError("low", f"must be < high (got {self.low} >= {self.high})")
 
     def sample(self, indices, seed):
         ids = torch.stack([torch.randint(self.low, self.high, (self.S,), generator=generator(seed, int(i))) for i in indices])
@@ -113,7 +108,7 @@ class LengthMix:
     def __init__(self, params: LengthMixParams, ctx: BuildContext):
         self.p, self.S = params, ctx.max_seq_len
         if params.min_len > self.S:
-            raise KDError(f"sampler.min_len: {params.min_len} is longer than max_seq_len {self.S}")
+            raise ParamError("min_len", f"{params.min_len} is longer than max_seq_len {self.S}")
         self.inner = ctx.build("sampler", params.sampler)
         self.produces = self.inner.produces
         self.deterministic = self.inner.deterministic
@@ -170,6 +165,11 @@ class KHotParams(Params):
 
 
 class KHot(SoftSampler):
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        if params.k > self.V:  # topk would fail on the first sample, after the store is created
+            raise ParamError("k", f"{params.k} tokens per position, past the teacher's vocabulary ({self.V})")
+
     def draw(self, g):
         scores = torch.rand(self.S, self.V, generator=g)
         rows = torch.zeros(self.S, self.V)
@@ -219,7 +219,7 @@ class TeacherGenerated:
     def __init__(self, params: TeacherGeneratedParams, ctx: BuildContext):
         self.p, self.S, self.V = params, ctx.max_seq_len, ctx.vocab_size
         if params.prefix > self.S:
-            raise KDError(f"sampler.prefix: {params.prefix} is longer than max_seq_len {self.S}")
+            raise ParamError("prefix", f"{params.prefix} is longer than max_seq_len {self.S}")
         self._teacher = ctx.teacher
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
@@ -264,9 +264,9 @@ class MixParams(Params):
     def _weights(self):
         if self.weights is not None:
             if len(self.weights) != len(self.samplers):
-                raise ValueError(f"weights: {len(self.weights)} given for {len(self.samplers)} samplers")
+                raise ParamError("weights", f"{len(self.weights)} given for {len(self.samplers)} samplers")
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-                raise ValueError("weights: must be >= 0 with a positive sum")
+                raise ParamError("weights", "must be >= 0 with a positive sum")
         return self
 
 
@@ -313,12 +313,15 @@ class TextWindows:
     deterministic = "pure"
 
     def __init__(self, params: TextWindowsParams, ctx: BuildContext):
-        from kdcore.texts import read_text
+        from kdcore.texts import read_text, resolve_text
 
         self.S = ctx.max_seq_len
+        if resolve_text(params.text, ctx.base_dir).resolve() in ctx.eval_texts:
+            raise ParamError("text", f"{params.text} is also an evaluation text (eval.text or eval.extra_texts): "
+                             "evaluate on text the student never saw")
         self.tokens = torch.tensor(ctx.teacher().tokenizer().encode(read_text(params.text, ctx.base_dir)))
         if len(self.tokens) <= self.S:
-            raise KDError(f"sampler.text: {params.text} has {len(self.tokens)} tokens, fewer than max_seq_len")
+            raise ParamError("text", f"{params.text} has {len(self.tokens)} tokens, fewer than max_seq_len")
 
     def sample(self, indices, seed):
         starts = [int(torch.randint(0, len(self.tokens) - self.S + 1, (), generator=generator(seed, int(i)))) for i in indices]

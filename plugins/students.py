@@ -14,20 +14,17 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from kdcore.components import BuildContext, Inputs, last_positions
-from kdcore.errors import KDError
+from kdcore.components import BuildContext, Inputs, ParamError, Params, last_positions
 
 
 # --- parameters -----------------------------------------------------------------------------------
 
 
-class StudentParams(BaseModel):
+class StudentParams(Params):
     """Parameters every student accepts."""
-
-    model_config = ConfigDict(extra="forbid")
 
     vocab_size: int | None = Field(None, gt=0, description="if set, must equal the teacher's vocabulary")
 
@@ -63,7 +60,7 @@ class TransformerBabyParams(StudentParams):
     @model_validator(mode="after")
     def _heads_divide_width(self):
         if self.d_model % self.nhead:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
+            raise ParamError("nhead", f"d_model ({self.d_model}) must be divisible by nhead ({self.nhead})")
         return self
 
 
@@ -82,9 +79,9 @@ class LlamaParams(StudentParams):
     @model_validator(mode="after")
     def _heads_fit(self):
         if self.hidden_size % self.heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
+            raise ParamError("heads", f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
         if self.heads % (self.kv_heads or self.heads):
-            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+            raise ParamError("kv_heads", f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
         return self
 
 
@@ -300,8 +297,8 @@ class FloatInputStudent(nn.Module):
     def __init__(self, params: StudentParams, ctx: BuildContext):
         super().__init__()
         if params.vocab_size is not None and params.vocab_size != ctx.vocab_size:
-            raise KDError(
-                f"student.vocab_size: {params.vocab_size} does not match the teacher's vocabulary ({ctx.vocab_size})"
+            raise ParamError(
+                "vocab_size", f"{params.vocab_size} does not match the teacher's vocabulary ({ctx.vocab_size})"
             )
         self.params = params
         body = self.body_class(params, ctx.vocab_size, ctx.max_seq_len)

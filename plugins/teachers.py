@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from kdcore.components import BuildContext, Inputs, last_positions
-from kdcore.errors import KDError, local_path
+from kdcore.components import BuildContext, Inputs, ParamError, Params, Seed, last_positions
+from kdcore.errors import KDError
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,8 +32,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KD_CACHE") or Path.home() / ".cache" / "llamakd")
 
 
-class RunOn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RunOn(Params):
     dtype: DTypeName = "float32"
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
 
@@ -234,7 +233,7 @@ def _cache_of(out):
 class TinyLlamaParams(RunOn):
     """A small randomly initialised Llama, built from a seed (fast tests; no download)."""
 
-    seed: int = 0
+    seed: Seed = 0
     vocab_size: int = Field(256, gt=1)
     hidden_size: int = Field(64, gt=0)
     layers: int = Field(2, gt=0)
@@ -264,7 +263,7 @@ def tiny_llama(params: TinyLlamaParams, ctx: BuildContext | None = None) -> HFTe
     from transformers import LlamaForCausalLM
 
     if params.hidden_size % params.heads or params.heads % params.kv_heads:
-        raise KDError("teacher: hidden_size must divide by heads, and heads by kv_heads")
+        raise ParamError("heads", "hidden_size must divide by heads, and heads by kv_heads")
     config = tiny_llama_config(params)
 
     def load():
@@ -318,8 +317,8 @@ def _hf_tokenizer(source: Path, gguf_file: str | None = None):
 
 
 def hf_causal_lm(params: HFParams, ctx: BuildContext) -> HFTeacher:
-    path = local_path(params.path, ctx.base_dir, "teacher.path")
-    explicit = local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else None
+    path = ctx.path(params.path, "path")
+    explicit = ctx.path(params.tokenizer, "tokenizer") if params.tokenizer else None
     identity = {"name": "hf-causal-lm", "path": str(path), "dtype": params.dtype}
     if path.suffix == ".gguf":
         return gguf_teacher("hf-causal-lm", path, params, identity, explicit)
@@ -467,7 +466,7 @@ def meta_config(folder: Path, max_seq_len: int, tokenizer: Path):
 def meta_state_dict(folder: Path, config) -> dict[str, torch.Tensor]:
     """Meta's consolidated shard(s) as one transformers LlamaForCausalLM state dict."""
     shards = sorted(folder.glob("consolidated.*.pth"))
-    if not shards:
+    if not shards:  # read when the weights are first used: the builder's key anchoring is behind us
         raise KDError(f"teacher.path: no consolidated.*.pth in {folder}")
     states = [torch.load(s, map_location="cpu", weights_only=True) for s in shards]
 
@@ -523,14 +522,14 @@ def meta_to_hf(folder: Path, config):
 
 
 def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
-    folder = local_path(params.path, ctx.base_dir, "teacher.path")
+    folder = ctx.path(params.path, "path")
     if not (folder / "params.json").exists():
-        raise KDError(f"teacher.path: {folder} has no params.json (Meta-format Llama checkpoint expected)")
-    tok = local_path(params.tokenizer, ctx.base_dir, "teacher.tokenizer") if params.tokenizer else next(
+        raise ParamError("path", f"{folder} has no params.json (Meta-format Llama checkpoint expected)")
+    tok = ctx.path(params.tokenizer, "tokenizer") if params.tokenizer else next(
         (p for p in (folder / "tokenizer.model", folder.parent / "tokenizer.model") if p.exists()), None
     )
     if tok is None:  # checked before the (possibly 13 GB) weights are read
-        raise KDError(f"teacher.tokenizer: no tokenizer.model in {folder} or its parent; name it")
+        raise ParamError("tokenizer", f"no tokenizer.model in {folder} or its parent; name it")
     config = meta_config(folder, params.max_seq_len, tok)
     identity = {"name": "meta-llama", "path": str(folder), "dtype": params.dtype}
     return HFTeacher("meta-llama", config, lambda: meta_to_hf(folder, config),

@@ -5,6 +5,7 @@ hooks, and discovery through the entry-point group `kd`."""
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdcore import hookspecs
 from kdcore.build import Builder
-from kdcore.components import Inputs, Targets
+from kdcore.components import Inputs, Params, Targets
 from kdcore.errors import KDError, SpecError
 from kdcore.hookspecs import hookimpl
 from kdcore.metrics import MetricsLog, read_metrics
@@ -35,14 +36,10 @@ def unregister(registry, plugin):
     assert not registry.pm.is_registered(plugin)
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # --- one test per hook --------------------------------------------------------------------------------
 
 
-class ConstIdsParams(Strict):
+class ConstIdsParams(Params):
     """Every position holds the same token id."""
 
     token: int = Field(3, ge=0)
@@ -105,7 +102,7 @@ def test_hook_kd_register_teachers(tiny_spec):
         unregister(registry, plugin)
 
 
-class BigramParams(Strict):
+class BigramParams(Params):
     """Next-token logits from the last token alone: one Linear(vocab, vocab)."""
 
 
@@ -147,7 +144,7 @@ def test_hook_kd_register_students(tiny_spec):
         unregister(registry, plugin)
 
 
-class L1Params(Strict):
+class L1Params(Params):
     """Mean absolute difference of logits."""
 
 
@@ -313,9 +310,8 @@ def installed_dist(tmp_path, monkeypatch):
 
 def test_entry_point_group_kd_is_discovered(installed_dist, tiny_spec):
     installed_dist("kd_demo_samplers", (
-        "from pydantic import BaseModel\n"
+        "from kdcore.components import Params\n"
         "from kdcore.hookspecs import hookimpl\n\n\n"
-        "class Params(BaseModel):\n    pass\n\n\n"
         "@hookimpl\n"
         "def kd_register_samplers(register):\n"
         "    register('demo-ids', 'kd_demo_samplers:Nothing', Params)\n"
@@ -343,9 +339,8 @@ def test_spec_plugin_module_next_to_the_spec(tmp_path, tiny_spec, monkeypatch):
     """`plugins = ["name"]` imports a module from the spec's folder; a `.py` path works as well."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     (tmp_path / "kd_demo_local.py").write_text(
-        "from pydantic import BaseModel\n"
+        "from kdcore.params import Params\n"
         "from kdcore.hookspecs import hookimpl\n\n\n"
-        "class Params(BaseModel):\n    pass\n\n\n"
         "@hookimpl\ndef kd_register_losses(register):\n    register('local-l1', 'kd_demo_local:L1', Params)\n"
     )
     try:
@@ -380,3 +375,105 @@ def test_hook_kd_on_trained(tiny_spec, tmp_path):
         assert seen == [("LlamaStudent", spec.run_path, 0, True)]
     finally:
         unregister(registry, plugin)
+
+
+# --- the parameter contract and the typed callback ---------------------------------------------------
+
+
+def _registering(target=ConstIds, params=ConstIdsParams, name="const-ids", **by_keyword):
+    class Registers:
+        @hookimpl
+        def kd_register_samplers(self, register):
+            if by_keyword:
+                register(name=name, target=target, params=params)
+            else:
+                register(name, target, params)
+
+    return Registers()
+
+
+class LooseParams(BaseModel):
+    token: int = 3
+
+
+class InfParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scale: float = 1.0
+
+
+class Inner(BaseModel):
+    width: int = 1
+
+
+class NestedParams(Params):
+    inner: Inner = Inner()
+
+
+class LaxParams(Params):
+    """Strictness off on purpose: the contract is unknown keys and non-finite floats, not strict types."""
+
+    model_config = ConfigDict(strict=False)
+    token: int = 3
+
+
+@pytest.mark.parametrize("params, problem", [
+    (LooseParams, "LooseParams lets unknown keys through (extra='ignore')"),
+    (InfParams, "InfParams accepts inf and nan as floats"),
+    (NestedParams, "Inner lets unknown keys through"),
+    (dict, "params must be a pydantic model class"),
+])
+def test_a_params_model_that_breaks_the_contract_is_refused(params, problem):
+    with pytest.raises(KDError) as info:
+        load_registry(extra_plugins=[_registering(params=params)])
+    message = str(info.value)
+    assert message.startswith("Registers: sampler 'const-ids': ") and problem in message, message
+    assert "kdcore.params.Params" in message  # what to do about it
+
+
+def test_a_params_model_that_keeps_the_contract_may_relax_the_rest(tiny_spec):
+    registry = load_registry(extra_plugins=[_registering(params=LaxParams)])
+    tiny_spec["datasets"]["noise"]["sampler"]["sampler"] = {"name": "const-ids", "token": "5"}
+    assert parse_spec(tiny_spec, registry=registry).datasets["noise"].sampler.params.sampler.params.token == 5
+
+
+@pytest.mark.parametrize("target, name, problem", [
+    ("kd_plugins.samplers.Uniform", "x", "the target must be a class, a factory (params, ctx) -> component, or a 'module:attr'"),
+    (42, "x", "the target must be"),
+    (ConstIds, "", "needs a non-empty string name, got ''"),
+    (ConstIds, 7, "needs a non-empty string name, got 7"),
+])
+def test_a_registration_that_cannot_be_built_is_refused(target, name, problem):
+    with pytest.raises(KDError, match=re.escape(problem)):
+        load_registry(extra_plugins=[_registering(target=target, name=name)])
+
+
+def test_registration_hooks_hand_out_the_typed_callback():
+    """Each registration hook is annotated with `Register`, and the callback plugins get takes its
+    parameters by the names the Protocol gives them (a plugin may pass them by keyword)."""
+    expected = list(inspect.signature(hookspecs.Register.__call__).parameters)[1:]
+    assert expected == ["name", "target", "params"]
+    for kind in KINDS:
+        spec = getattr(hookspecs, f"kd_register_{kind_plural(kind)}")
+        assert inspect.signature(spec).parameters["register"].annotation in ("Register", hookspecs.Register)
+    registry = load_registry(extra_plugins=[_registering(by_keyword=True)])
+    assert registry.get("sampler", "const-ids").target is ConstIds
+    given = []
+
+    class Spy:
+        @hookimpl
+        def kd_register_losses(self, register):
+            given.append(register)
+
+    load_registry(extra_plugins=[Spy()])
+    assert list(inspect.signature(given[0]).parameters) == expected
+
+
+def test_a_lazy_target_that_does_not_import_is_reported_at_its_key(tiny_spec):
+    registry = load_registry(extra_plugins=[_registering(target="kd_no_such_module:Sampler")])
+    tiny_spec["datasets"]["noise"]["sampler"]["sampler"] = {"name": "const-ids"}
+    spec = parse_spec(tiny_spec, registry=registry)  # listing and validating never import it
+    with pytest.raises(SpecError) as info:
+        Builder(spec).sampler("noise")
+    assert info.value.problems == [("datasets.noise.sampler.sampler",
+                                    "sampler 'const-ids' (from Registers): cannot import kd_no_such_module:Sampler: "
+                                    "No module named 'kd_no_such_module'")]

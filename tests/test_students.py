@@ -179,7 +179,7 @@ def test_crossbaby_parameter_count_at_the_original_size():
 
 def test_vocab_size_must_match_the_teacher():
     assert build("crossbaby", vocab_size=V).embed.in_features == V
-    with pytest.raises(KDError, match=f"student.vocab_size: 100 does not match the teacher's vocabulary \\({V}\\)"):
+    with pytest.raises(KDError, match=f"^vocab_size: 100 does not match the teacher's vocabulary \\({V}\\)"):
         build("crossbaby", vocab_size=100)
 
 

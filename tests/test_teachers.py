@@ -267,7 +267,7 @@ def test_meta_llama_missing_files_are_clear(tmp_path):
 
     with pytest.raises(KDError, match="params.json"):
         meta_llama(MetaLlamaParams(path=str(tmp_path)), ctx())
-    with pytest.raises(KDError, match="teacher.path: .*nowhere does not exist"):
+    with pytest.raises(KDError, match="^path: .*nowhere does not exist"):
         meta_llama(MetaLlamaParams(path=str(tmp_path / "nowhere")), ctx())
 
 

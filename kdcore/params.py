@@ -1,0 +1,84 @@
+"""The parameter contract: the one base class of every component's parameters (and of the spec's own
+tables), and the check the registry applies to what a plugin registers.
+
+A plugin subclasses `Params` and declares its keys with pydantic fields:
+
+    class ZipfIdsParams(Params):
+        exponent: float = Field(1.1, gt=0)
+
+A cross-field rule raises `ParamError(key, message)` with the key relative to the model, from a
+validator or from the component's constructor; the spec reports it at the component's place
+(`datasets.zipf.sampler.exponent: ...`). `kdcore.components` re-exports both names.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kdcore.errors import ParamError
+
+__all__ = ["Params", "ParamError", "Seed", "contract_problem"]
+
+INT64 = 2**63
+
+# what torch.manual_seed and numpy's generators accept
+Seed = Annotated[int, Field(ge=0, lt=INT64, description="random seed, 0 <= seed < 2**63")]
+
+
+class Params(BaseModel):
+    """Base of every parameter model: unknown keys, loose types and non-finite floats are refused.
+
+    TOML values are typed, so validation is strict: a string is never a number and a bool never an
+    int (an int is fine where a float is expected). Every int must fit in 64 bits: torch, numpy and
+    zarr take nothing larger.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _fits_in_64_bits(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+            raise ParamError("", f"{value} does not fit in a 64-bit integer")
+        return value
+
+
+def contract_problem(model: object) -> str | None:
+    """Why `model` cannot be a component's parameter model, or None when it keeps the contract.
+
+    Checked for the model and every pydantic model its fields hold (a nested table), except the
+    component references (`SamplerRef`), whose keys their own component's model validates.
+    """
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return f"params must be a pydantic model class (a subclass of kdcore.params.Params), got {model!r}"
+    for m in _models_within(model):
+        extra = m.model_config.get("extra") or "ignore"
+        if extra != "forbid":
+            return (f"{m.__name__} lets unknown keys through (extra={extra!r}), so a misspelled key "
+                    "would be ignored: subclass kdcore.params.Params")
+        if m.model_config.get("allow_inf_nan", True):
+            return f"{m.__name__} accepts inf and nan as floats: subclass kdcore.params.Params"
+    return None
+
+
+def _models_within(model: type[BaseModel], seen: set | None = None):
+    from kdcore.spec import ComponentRef
+
+    seen = set() if seen is None else seen
+    if model in seen or issubclass(model, ComponentRef):
+        return
+    seen.add(model)
+    yield model
+    for field in model.model_fields.values():
+        for nested in _model_types(field.annotation):
+            yield from _models_within(nested, seen)
+
+
+def _model_types(annotation):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _model_types(arg)

@@ -6,91 +6,44 @@ student as a standard transformers folder that plain transformers loads and deco
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import kd_in_process as kd
 
-# A student plugin as a third party writes it: it imports only kdcore's documented contract.
-GRU_PLUGIN = '''
-"""A GRU student: Linear(vocab, width) over float rows, a GRU, a head; reverts to an Embedding."""
-import copy
-
-import torch
-from pydantic import BaseModel, ConfigDict, Field
-
-from kdcore.hookspecs import hookimpl
+REPO = Path(__file__).resolve().parent.parent
 
 
-class GRUParams(BaseModel):
-    """A one-layer GRU of the given width."""
-
-    model_config = ConfigDict(extra="forbid")
-    width: int = Field(16, gt=0)
-
-
-class GRUStudent(torch.nn.Module):
-    """Float vocab rows through Linear(vocab, width), a GRU and a head."""
-
-    positions = ("last", "all")
-
-    def __init__(self, params, ctx):
-        super().__init__()
-        self.vocab_size = ctx.vocab_size
-        self.embed = torch.nn.Linear(ctx.vocab_size, params.width)
-        self.gru = torch.nn.GRU(params.width, params.width, batch_first=True)
-        self.head = torch.nn.Linear(params.width, ctx.vocab_size)
-
-    def forward(self, inputs, positions="last"):
-        return run(self.gru, self.head, self.embed(inputs.as_soft(self.vocab_size)), inputs.lengths, positions)
-
-    def revert(self):
-        return RevertedGRU(self)
+def docs_blocks(lang: str, first_line: str) -> list[str]:
+    """The fenced `lang` blocks of docs/plugin_example.md that start with (or contain) `first_line`."""
+    text = (REPO / "docs" / "plugin_example.md").read_text()
+    return [b for b in re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M) if first_line in b]
 
 
-class RevertedGRU(torch.nn.Module):
-    positions = ("last", "all")
-    max_seq_len = None  # a recurrent model reads any length
-
-    def __init__(self, student):
-        super().__init__()
-        folded = (student.embed.weight.T + student.embed.bias).detach().clone()
-        self.embedding = torch.nn.Embedding.from_pretrained(folded, freeze=False)
-        self.gru, self.head = copy.deepcopy(student.gru), copy.deepcopy(student.head)
-
-    def forward(self, ids, lengths, positions="last"):
-        return run(self.gru, self.head, self.embedding(ids), lengths, positions)
-
-
-def run(gru, head, x, lengths, positions):
-    logits = head(gru(x)[0])  # left to right: padding after a row's end cannot reach it
-    return logits if positions == "all" else logits[torch.arange(len(lengths)), lengths - 1]
-
-
-@hookimpl
-def kd_register_students(register):
-    register("gru", GRUStudent, GRUParams)
-'''
-
-
-def test_a_third_party_student_goes_through_kd_run(tiny_spec, write_spec, tmp_path):
-    (tmp_path / "gru_student.py").write_text(GRU_PLUGIN)
-    tiny_spec["plugins"] = ["gru_student.py"]
-    tiny_spec["student"] = {"name": "gru", "width": 12}
-    path = write_spec(tiny_spec)
-    code, out = kd("run", path)
+def test_the_documented_student_plugin_goes_through_kd_run(tmp_path, monkeypatch):
+    """docs/plugin_example.md's GRU student, as a third party writes it (kdcore's documented contract
+    only): kd run, then the shipped folder loads in a fresh process, and it is the trained student."""
+    (plugin,), (spec_text,), (usage,) = (docs_blocks("python", "# my_student.py"), docs_blocks("toml", "# gru.toml"),
+                                         docs_blocks("python", "kdcore.load_student("))
+    assert "kd_plugins" not in plugin
+    (tmp_path / "my_student.py").write_text(plugin)
+    (tmp_path / "gru.toml").write_text(spec_text)
+    monkeypatch.chdir(tmp_path)  # store/ and runs/ are relative to the working directory
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code, out = kd("run", "gru.toml")
     assert code == 0, out
-    run = tmp_path / "runs" / "tiny"
+    run = tmp_path / "runs" / "gru"
     report = json.loads((run / "eval" / "report.json").read_text())
     assert report["results"]["student"]["positions_scored"] > 0 and report["samples"][0]["student"]
 
-    # the shipped folder loads in a fresh process, without the spec: the plugin is found again
-    probe = (f"import kdcore, torch; m = kdcore.load_student({str(run / 'reverted')!r}); "
-             "ids = torch.arange(6)[None] % 64; print(type(m).__name__, tuple(m(ids, torch.tensor([6])).shape))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/")
+    # the docs' usage, in a fresh process, without the spec: the plugin is found again
+    done = subprocess.run([sys.executable, "-c", usage + "\nprint(type(student).__name__, tuple(logits.shape))"],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["RevertedGRU", "(1,", "64)"]
 
@@ -100,13 +53,14 @@ def test_a_third_party_student_goes_through_kd_run(tiny_spec, write_spec, tmp_pa
     from kdcore.spec import load_spec
     from kdcore.train import Trainer
 
-    student = Trainer(load_spec(path), progress=False).load_trained().eval()
+    student = Trainer(load_spec("gru.toml"), progress=False).load_trained().eval()
     reverted = load_student(run / "reverted")
-    ids = torch.randint(0, 64, (3, 6), generator=torch.Generator().manual_seed(0))
-    lengths = torch.tensor([6, 2, 4])
+    ids = torch.randint(0, 64, (3, 8), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([8, 2, 4])
     with torch.no_grad():
-        soft = student(Inputs(lengths, soft=Inputs(lengths, ids=ids).as_soft(64)))
-        assert (reverted(ids, lengths) - soft).abs().max() <= 1e-5
+        soft = student(Inputs(lengths, soft=Inputs(lengths, ids=ids).as_soft(64)), positions="all")
+        mask = Inputs(lengths, ids=ids).mask()
+        assert (reverted(ids, lengths, positions="all") - soft)[mask].abs().max() <= 1e-5
 
 
 def test_version_and_dry_run_need_no_teacher_weights(tiny_spec, write_spec, monkeypatch):

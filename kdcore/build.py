@@ -16,10 +16,14 @@ class Builder:
         self._locs = {id(ref): loc for loc, ref in all_refs(spec)}  # where each component sits in the spec
 
     def _make(self, ref: ComponentRef, ctx: BuildContext, loc: str | None = None):
-        loc = self._locs.get(id(ref), loc or ref.kind)
         factory = self.registry.get(ref.kind, ref.name).resolve()
+        return self._anchored(ref, loc, lambda: factory(ref.params, ctx))
+
+    def _anchored(self, ref: ComponentRef, loc: str | None, call):
+        """`call()`, its KDError turned into a SpecError at the component's place in the spec."""
+        loc = self._locs.get(id(ref), loc or ref.kind)
         try:
-            return factory(ref.params, ctx)
+            return call()
         except SpecError:
             raise
         except KDError as e:
@@ -104,6 +108,9 @@ class Builder:
                     problems.append((f"phases[{index}].losses[{j}].temperature",
                                      "must be 1 with top-k targets (the tempered tail mass is not recoverable "
                                      "from k values); use logits = 'dense' to distil at a temperature"))
+        if phase.init == "kaiming" and hasattr(student, "init_weights"):
+            problems.append((f"phases[{index}].init", "'kaiming' would wipe the teacher's weights the student starts from "
+                             "(student.init); keep one of the two"))
         if problems:
             raise SpecError(self.spec.source, problems)
 
@@ -120,6 +127,12 @@ class Builder:
 
     def student(self, max_seq_len: int):
         return self._make(self.spec.student, self.context(max_seq_len), "student")
+
+    def init_student(self, student) -> None:
+        """A student that starts from the teacher's weights (it has `init_weights`) gets them; others keep theirs."""
+        init = getattr(student, "init_weights", None)
+        if init is not None:
+            self._anchored(self.spec.student, "student", lambda: init(self.teacher))
 
     def losses(self, phase_index: int):
         phase = self.spec.phases[phase_index]

@@ -69,16 +69,19 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
         if student is not None:
             check(lambda: builder.check_phase(i, student))
     check(builder.check_eval)
+    if student is not None:  # the teacher is loaded already: a subclone is cut here as training would
+        check(lambda: builder.init_student(student))
     if problems:
         raise SpecError(s.source, list(dict.fromkeys(problems)))
     info = {"spec": s.resolved(), "teacher_vocab": builder.teacher.vocab_size,
-            "student_parameters": count_parameters(student)}
+            "student_parameters": count_parameters(student), "student_init": getattr(student, "init_source", "random")}
     if json_out:
         out.print_json(json.dumps(info))
         return
     out.print_json(json.dumps(info["spec"]))
     out.print(f"[green]{escape(str(spec))}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
               f"student '{s.student.name}' has {info['student_parameters']:,} parameters")
+    out.print(f"initial weights: {escape(info['student_init'])}", highlight=False)
 
 
 @app.command()

@@ -172,6 +172,13 @@ class Student(Protocol):
 
     positions: tuple[str, ...]  # which target positions it can learn from
 
+    # Optional: a student that starts from the teacher's weights has `init_weights(teacher) -> None`
+    # (teacher: the built Teacher component). Core calls it once, when training starts from scratch
+    # (phase 0, no checkpoint; before `init = "kaiming"`, which is refused with it), and on the fresh
+    # student evaluation reports as "untrained"; never to resume or to load a trained student, so
+    # those never load the teacher. Mistakes raise KDError("student.<key>: ..."). `init_source: str`
+    # says where the initial weights come from ("random ..." or "subclone of ..."; `kd validate`).
+
     def revert(self) -> torch.nn.Module:
         """The same model taking token ids: its first Linear(vocab, d) folded into an Embedding."""
 

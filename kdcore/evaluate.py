@@ -125,7 +125,9 @@ def evaluate(spec: Spec, builder: Builder | None = None, student=None, untrained
     seq_len = seq_len or trainer.seq_len
     builder.check_eval()
     fresh = trainer.build_student()
-    untrained = untrained or fresh.revert()
+    if untrained is None:
+        builder.init_student(fresh)  # the baseline is the student as training starts (e.g. subcloned)
+        untrained = fresh.revert()
     teacher = builder.teacher
     tok = teacher.tokenizer()
     ev = spec.eval
@@ -176,6 +178,7 @@ def evaluate(spec: Spec, builder: Builder | None = None, student=None, untrained
         "teacher": {"perplexity": teacher_acc.result()["perplexity"],
                     "distinct_predicted": teacher_acc.result()["distinct_predicted"],
                     "next_token_accuracy": teacher_acc.result()["next_token_accuracy"]},
+        "untrained_init": getattr(fresh, "init_source", "random"),
         "results": {name: a.result() for name, a in acc.items()},
         "samples": samples,
         "seconds": round(time.perf_counter() - start, 2),

@@ -320,6 +320,8 @@ class Trainer:
         optimizer = make_optimizer(phase, student.parameters())
         scheduler = make_scheduler(phase, optimizer, total)
         if ckpt is None:
+            if p == 0:  # from scratch: a student cut from the teacher gets its weights now, once
+                self.builder.init_student(student)
             torch.manual_seed(phase.seed)
             if phase.init == "kaiming":
                 kaiming_init(student)

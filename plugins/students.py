@@ -5,6 +5,8 @@ shared with the index-input model that `revert()` returns, so the two compute th
 `RevertedStudent` replaces `embed` by `Embedding(vocab, d)` with weight `embed.weight.T + bias`,
 and uses `bias` (what `embed` gives a zero row) as the padding vector. `save_reverted` /
 `load_reverted` store that model as safetensors + config.json, rebuilt from the body classes alone.
+The llama student with `init = "subclone"` starts from a cut-down copy of a Llama teacher
+(`kd_plugins.subclone`); the others start from random weights.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +79,10 @@ class LlamaParams(StudentParams):
         None, gt=0, description="default: 8/3 * hidden_size rounded up to a multiple of 64"
     )
     rope_theta: float = Field(10000.0, gt=0)
+    rms_norm_eps: float = Field(1e-6, gt=0)
+    init: Literal["random", "subclone"] = Field(
+        "random", description="'subclone': start from a cut-down copy of the teacher's weights (a Llama teacher)"
+    )
 
     @model_validator(mode="after")
     def _heads_fit(self):
@@ -217,6 +224,7 @@ class LlamaBody(StudentBody):
             num_key_value_heads=params.kv_heads or params.heads,
             max_position_embeddings=max_seq_len,
             rope_theta=params.rope_theta,
+            rms_norm_eps=params.rms_norm_eps,
             bos_token_id=None,
             eos_token_id=None,
             use_cache=False,
@@ -261,6 +269,7 @@ class FloatInputStudent(nn.Module):
     """A student whose first layer, `embed = Linear(vocab, d)`, reads float vocab rows."""
 
     body_class: type[StudentBody]
+    init_source = "random (seeded by phases[0].seed)"
 
     def __init__(self, params: StudentParams, ctx: BuildContext):
         super().__init__()
@@ -329,6 +338,22 @@ class LlamaStudent(FloatInputStudent):
     body_class = LlamaBody
 
 
+class SubclonedLlama(LlamaStudent):
+    """The llama student with init = "subclone": its weights are cut out of the teacher's."""
+
+    init_source = "subclone of the teacher (its weights are copied in when training starts)"
+
+    def init_weights(self, teacher) -> None:
+        from kd_plugins.subclone import subclone_into
+
+        self.init_source = subclone_into(self, teacher)
+
+
+def llama(params: LlamaParams, ctx: BuildContext) -> LlamaStudent:
+    """A small causal Llama on float rows; learns from the last or from all positions."""
+    return (SubclonedLlama if params.init == "subclone" else LlamaStudent)(params, ctx)
+
+
 class RevertedStudent(nn.Module):
     """A student that reads token ids: the float student's `embed` folded into an Embedding."""
 
@@ -392,5 +417,6 @@ def load_reverted(directory: str | Path, device: str | torch.device = "cpu") -> 
 
 
 def register_all(register) -> None:
-    for student in (CrossBaby, CrossBaby2, TransformerBaby, LlamaStudent):
+    for student in (CrossBaby, CrossBaby2, TransformerBaby):
         register(student.body_class.name, student, student.body_class.Params)
+    register(LlamaBody.name, llama, LlamaParams)

@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
-SHAPES = [  # hidden, layers, heads, intermediate
-    (192, 2, 3, 512),
-    (192, 30, 3, 512),
-    (384, 30, 6, 1024),
+SHAPES = [  # hidden, layers, heads, KV heads, intermediate
+    (192, 2, 3, 3, 512),
+    (192, 30, 3, 3, 512),
+    (384, 30, 6, 3, 1024),
 ]
 
 
@@ -92,11 +92,12 @@ def main() -> None:
     targets = {k: teacher.logits(Inputs(lengths, ids=ids), positions="all") for k, ids in texts.items()}
     ctx = BuildContext(vocab_size=V, max_seq_len=args.length)
     print(f"{'student':<22} {'init':<34} " + " ".join(f"{k + ' KL':>14} {'top-1':>6}" for k in texts))
-    for hidden, layers, heads, inter in SHAPES:
+    for hidden, layers, heads, kv_heads, inter in SHAPES:
         torch.manual_seed(0)
-        params = LlamaParams(hidden_size=hidden, layers=layers, heads=heads, intermediate_size=inter,
-                             rope_theta=100000.0, rms_norm_eps=1e-5)
+        params = LlamaParams(hidden_size=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+                             intermediate_size=inter, rope_theta=100000.0, rms_norm_eps=1e-5)
         student = LlamaStudent(params, ctx)
+        assert not sc.shape_problems(student.body.model.config, model.config)
         shape = f"{hidden} wide, {layers} blocks"
         rows = [("random init", None)] + list(variants(model, student.body.model.config))
         for label, sel in rows:

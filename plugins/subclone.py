@@ -176,7 +176,7 @@ def select(model, student) -> Selection:
 
 def _rows(heads: torch.Tensor, hd: int) -> torch.Tensor:
     """The projection rows (or o_proj columns) of these heads, head after head."""
-    return (heads[:, None] * hd + torch.arange(hd)).reshape(-1)
+    return (heads[:, None] * hd + torch.arange(hd, device=heads.device)).reshape(-1)
 
 
 def copy_into(student, model, sel: Selection) -> None:

@@ -21,7 +21,7 @@ class Builder:
     def _make(self, ref: ComponentRef, ctx: BuildContext, loc: str | None = None):
         loc = self._locs.get(id(ref), loc or ref.kind)
         component = self.registry.get(ref.kind, ref.name)
-        made = self._call(component, ref, ctx, loc)
+        made = self._anchored(ref, loc, lambda: component.resolve()(ref.params, ctx))
         missing = check_contract(ref.kind, made)
         if missing:  # a plugin that misses a piece is told here, not deep inside a stage
             raise SpecError(self.spec.source, [(loc, f"{ref.kind} '{ref.name}' (from {component.source}) does not "
@@ -29,9 +29,11 @@ class Builder:
                                                 f"{'; '.join(missing)}")])
         return made
 
-    def _call(self, component, ref: ComponentRef, ctx: BuildContext, loc: str):
+    def _anchored(self, ref: ComponentRef, loc: str | None, call):
+        """`call()`, its errors turned into a SpecError at the component's place in the spec."""
+        loc = self._locs.get(id(ref), loc or ref.kind)
         try:
-            return component.resolve()(ref.params, ctx)
+            return call()
         except ParamError as e:  # the key is the component's own: anchor it where the component sits
             raise SpecError(self.spec.source, [(e.at(loc), e.message)]) from None
         except SpecError:  # a nested component's, already anchored
@@ -138,6 +140,9 @@ class Builder:
             raise SpecError(self.spec.source, [(f"datasets.{phase.dataset}.positions",
                             f"'{ds.positions}' targets, but student '{self.spec.student.name}' predicts only "
                             f"{', '.join(supported)}: use positions = 'last' or a student that predicts every position")])
+        if phase.init == "kaiming" and hasattr(student, "init_weights"):
+            raise SpecError(self.spec.source, [(f"phases[{index}].init", "'kaiming' would wipe the teacher's weights "
+                                                "the student starts from (student.init); keep one of the two")])
 
     def check_eval(self) -> None:
         """Never evaluate on text a student trained on: the phases' samplers, built with the evaluation
@@ -147,6 +152,12 @@ class Builder:
 
     def student(self, max_seq_len: int):
         return self._make(self.spec.student, self.context(max_seq_len), "student")
+
+    def init_student(self, student) -> None:
+        """A student that starts from the teacher's weights (it has `init_weights`) gets them; others keep theirs."""
+        init = getattr(student, "init_weights", None)
+        if init is not None:
+            self._anchored(self.spec.student, "student", lambda: init(self.teacher))
 
     def losses(self, phase_index: int):
         phase = self.spec.phases[phase_index]

@@ -101,8 +101,8 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
         return
     out.print_json(json.dumps(info["spec"]))
     out.print(f"[green]{escape(str(spec))}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
-              f"student '{s.student.name}' has {info['student_parameters']:,} parameters, initial weights: "
-              f"{escape(info['student_init'])}" + (", samplers pure" if check else ""))
+              f"student '{s.student.name}' has {info['student_parameters']:,} parameters" + (", samplers pure" if check else ""))
+    out.print(f"initial weights: {escape(info['student_init'])}", highlight=False)
 
 
 @app.command()

@@ -213,9 +213,12 @@ class Sampler(Protocol):
 class Student(Protocol):
     """An nn.Module whose first layer, `Linear(vocab, d)`, reads float vocab rows.
 
-    Optional: `init_weights(teacher)`, called once when training starts from scratch (phase 0, no
-    checkpoint) and on evaluation's untrained baseline, for students whose initial weights come from
-    the teacher; `init_source` (str) says where the initial weights come from (`kd validate`).
+    Optional: `init_weights(teacher)`, for a student whose initial weights come from the teacher (the
+    built Teacher component): called once when training starts from scratch (phase 0, no checkpoint;
+    `init = "kaiming"` is refused with it) and on the fresh student evaluation reports as "untrained";
+    never to resume or to load a trained student, so those never read the teacher's weights. It
+    raises ParamError(key, ...) for its own keys. `init_source` (str) says where the initial weights
+    come from (`kd validate`).
     """
 
     positions: tuple[str, ...]  # which target positions it can learn from: "last", "all"

@@ -144,13 +144,13 @@ def trained_student(spec: Spec, run: RunFolder):
 
 
 def fresh_student(spec: Spec, builder: Builder, seq_len: int):
-    """The student before any training (as `kd train` starts it), reverted."""
+    """The student before any training (as `kd train` starts it: random, or subcloned), reverted, and
+    where its weights come from."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.phases[0].seed)
         student = builder.student(seq_len)
-    if hasattr(student, "init_weights"):
-        student.init_weights(builder.teacher)
-    return student.revert().eval()
+    builder.init_student(student)
+    return student.revert().eval(), getattr(student, "init_source", "random")
 
 
 def score_text(ref: str, spec: Spec, teacher, predictors: dict, seq_len: int, positions: str) -> dict:
@@ -189,7 +189,7 @@ def evaluate(spec: Spec, builder: Builder | None = None) -> dict:
     student = trained_student(spec, run)
     builder.check_eval()
     seq_len = student_seq_len(spec)
-    untrained = fresh_student(spec, builder, seq_len)
+    untrained, untrained_init = fresh_student(spec, builder, seq_len)
     teacher = builder.teacher
     ev = spec.eval
     positions = ev.positions or spec.datasets[spec.phases[-1].dataset].positions
@@ -207,7 +207,7 @@ def evaluate(spec: Spec, builder: Builder | None = None) -> dict:
         "experiment": spec.name, "recipe": spec_recipe(spec), "budget": training_budget(spec),
         "text": ev.text, "positions": positions, "seq_len": seq_len,
         "windows": main["windows"], "teacher": main["teacher"], "results": main["results"],
-        "texts": texts,
+        "texts": texts, "untrained_init": untrained_init,
         "samples": continuations(spec, teacher, student, seq_len),
         "seconds": round(time.perf_counter() - start, 2),
         "identity_hash": eval_identity(spec),

@@ -263,8 +263,8 @@ class Trainer:
         if ckpt is not None:
             student.load_state_dict(ckpt["model"])
             state = TrainState.from_dict(ckpt["state"])
-        elif hasattr(student, "init_weights"):  # initial weights from the teacher (a subclone)
-            student.init_weights(self.builder.teacher)
+        else:  # from scratch: a student cut from the teacher gets its weights now, once
+            self.builder.init_student(student)
         if dist.is_main():
             self.run.start(state.global_step, fresh=ckpt is None)
         return student, state

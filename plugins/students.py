@@ -4,13 +4,16 @@ Every student is `embed = Linear(vocab, d)` over float vocab rows followed by a 
 `embed` into an `Embedding(vocab, d)` with weight `embed.weight.T + bias`, so the student reads token
 ids and computes the same function. The llama student reverts to a transformers `LlamaForCausalLM`
 (a standard folder when saved); the others to `RevertedStudent`, the body behind an Embedding, which
-`kdcore.artifact` saves generically and rebuilds through this plugin.
+`kdcore.artifact` saves generically and rebuilds through this plugin. The llama student with
+`init = "subclone"` starts from a cut-down copy of a Llama teacher (`kd_plugins.subclone`); the
+others start from random weights.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +78,10 @@ class LlamaParams(StudentParams):
         None, gt=0, description="default: 8/3 * hidden_size rounded up to a multiple of 64"
     )
     rope_theta: float = Field(10000.0, gt=0)
+    rms_norm_eps: float = Field(1e-6, gt=0)
+    init: Literal["random", "subclone"] = Field(
+        "random", description="'subclone': start from a cut-down copy of the teacher's weights (a Llama teacher)"
+    )
 
     @model_validator(mode="after")
     def _heads_fit(self):
@@ -254,6 +261,7 @@ class LlamaBody(StudentBody):
             num_key_value_heads=params.kv_heads or params.heads,
             max_position_embeddings=max_seq_len,
             rope_theta=params.rope_theta,
+            rms_norm_eps=params.rms_norm_eps,
             bos_token_id=None,
             eos_token_id=None,
             use_cache=False,
@@ -293,6 +301,7 @@ class FloatInputStudent(nn.Module):
     """A student whose first layer, `embed = Linear(vocab, d)`, reads float vocab rows."""
 
     body_class: type[StudentBody]
+    init_source = "random (seeded by phases[0].seed)"
 
     def __init__(self, params: StudentParams, ctx: BuildContext):
         super().__init__()
@@ -394,6 +403,31 @@ class LlamaStudent(FloatInputStudent):
         return CausalLMStudent(model).train(self.training)
 
 
+class SubclonedLlama(LlamaStudent):
+    """The llama student with init = "subclone": its weights are cut out of the teacher's.
+
+    Built, it is checked against the teacher's config alone (its shape fits inside the teacher's);
+    the weights are copied in by `init_weights`, when training starts from scratch."""
+
+    def __init__(self, params: LlamaParams, ctx: BuildContext):
+        from kd_plugins.subclone import plan
+
+        super().__init__(params, ctx)
+        self.init_source = "subclone of the teacher (its weights are copied in when training starts)"
+        if ctx.teacher is not None:  # built for a spec: refuse a shape that does not fit, from configs alone
+            self.init_source = plan(self, ctx.teacher())
+
+    def init_weights(self, teacher) -> None:
+        from kd_plugins.subclone import subclone_into
+
+        self.init_source = subclone_into(self, teacher)
+
+
+def llama(params: LlamaParams, ctx: BuildContext) -> LlamaStudent:
+    """A small causal Llama on float rows; learns from the last or from all positions."""
+    return (SubclonedLlama if params.init == "subclone" else LlamaStudent)(params, ctx)
+
+
 class RevertedStudent(nn.Module):
     """A student that reads token ids: the float student's `embed` folded into an Embedding."""
 
@@ -419,5 +453,6 @@ class RevertedStudent(nn.Module):
 
 
 def register_all(register) -> None:
-    for student in (CrossBaby, CrossBaby2, DoubleCross, LearnedDoubleCross, TransformerBaby, LlamaStudent):
+    for student in (CrossBaby, CrossBaby2, DoubleCross, LearnedDoubleCross, TransformerBaby):
         register(student.body_class.name, student, student.body_class.Params)
+    register(LlamaBody.name, llama, LlamaParams)

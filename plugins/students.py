@@ -370,8 +370,7 @@ class LearnedDoubleCross(FloatInputStudent):
 class TransformerBaby(FloatInputStudent):
     """TransformerBaby (2023): scaled linear embedding, sinusoidal positions, encoder, flatten.
 
-    As in the original, the output layer is Linear(S*d_model, vocab): about 1.05B parameters at
-    S=512, vocab=32000, d_model=64, far more than the encoder.
+    As in the original, the output layer is Linear(S*d_model, vocab): it dominates the parameter count.
     """
 
     body_class = TransformerBabyBody

@@ -347,3 +347,28 @@ def test_hf_causal_lm_beyond_llama_uses_the_models_own_forward(tmp_path):
     assert torch.allclose(teacher.logits(inputs, "last"), expected[:, -1], atol=1e-5)
     soft = Inputs(inputs.lengths, soft=inputs.as_soft(64))
     assert (teacher.logits(soft, "all") - teacher.logits(inputs, "all")).abs().max() <= 1e-5
+
+
+def test_a_gguf_teacher_is_converted_once_keyed_by_its_fingerprint(smollm2_teacher, tmp_path, monkeypatch):
+    """hf-causal-lm on a .gguf reuses the float32 conversion that smollm2 made of the same file: no
+    second de-quantisation. The cache key is the file's fingerprint: a copy shares it, a changed
+    byte does not."""
+    from kd_plugins import teachers
+
+    smollm2_teacher.model  # noqa: B018 (the session's teacher: converted by now)
+
+    def convert_again(*args):
+        raise AssertionError("the GGUF file was de-quantised again")
+
+    monkeypatch.setattr(teachers, "_convert_gguf", convert_again)
+    teacher = hf_causal_lm(HFParams(path=str(teachers.smollm2_gguf())), ctx())
+    assert teacher.vocab_size == smollm2_teacher.vocab_size and not teacher.loaded  # config first, no weights
+    ids = id_batch(teacher.vocab_size)
+    assert torch.equal(teacher.logits(ids), smollm2_teacher.logits(ids))
+
+    data = bytearray(torch.randint(0, 256, (3 << 20,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
+    a.write_bytes(data), b.write_bytes(data)
+    data[len(data) // 3] ^= 1
+    c.write_bytes(data)
+    assert teachers.file_fingerprint(a) == teachers.file_fingerprint(b) != teachers.file_fingerprint(c)

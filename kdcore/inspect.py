@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdcore.errors import StoreError
-from kdcore.store import Store
+from kdcore.store import Store, StoreDamaged
 
 COLLAPSE_SHARE = 0.5  # one token the argmax of more than half the targets: collapsed
 
@@ -28,8 +27,8 @@ def target_diagnostics(store: Store, skip: set[int] = frozenset(), max_samples: 
             continue
         try:
             data = store.read_block(b, ["length"] + (["logits"] if layout.logits == "dense" else ["topk_values", "topk_indices", "logsumexp"]))
-        except StoreError as e:  # a damaged block is reported, the rest still read
-            unreadable.append(f"block {b}: {getattr(e, 'reason', e)}")
+        except StoreDamaged as e:  # reported by `damage()`; the rest still read
+            unreadable.append(f"block {b}: {'; '.join(e.damage[b])}")
             continue
         lengths = data["length"].astype(np.int64)
         if layout.logits == "dense":

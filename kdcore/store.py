@@ -99,16 +99,17 @@ def checksum(values: np.ndarray) -> int:
 
 
 class StoreDamaged(StoreError):
-    """Committed blocks whose data is missing or not what was written; `blocks` names them."""
+    """Committed blocks whose data is missing or not what was written: `damage` maps each block to
+    what is wrong with it."""
 
-    def __init__(self, message: str, blocks: list[int] = ()):
+    def __init__(self, message: str, damage: dict[int, list[str]] | None = None):
         super().__init__(message)
-        self.blocks = list(blocks)
+        self.damage = damage or {}
 
     @classmethod
     def of(cls, path: Path, damage: dict[int, list[str]]) -> "StoreDamaged":
         return cls(f"{describe_damage(path, damage)}\n`kd generate --repair SPEC` (the spec that made the "
-                   f"store) regenerates exactly these blocks", sorted(damage))
+                   f"store) regenerates exactly these blocks", damage)
 
 
 def describe_damage(path: Path, damage: dict[int, list[str]], shown: int = 12) -> str:
@@ -351,7 +352,7 @@ class Store:
         try:
             record = self._record(b)
         except StoreDamaged as e:
-            return [e.reason]
+            return e.damage[b]
         problems = []
         for name in self.layout.data_arrays():
             if name not in record:
@@ -372,7 +373,7 @@ class Store:
             try:
                 self.read_block(b, [name])
             except StoreDamaged as e:
-                problems.append(e.reason)
+                problems += e.damage[b]
         return problems
 
     def _record(self, b: int) -> dict:
@@ -385,7 +386,7 @@ class Store:
                     int(entry["crc32c"]), int(entry["file_bytes"])
             except FileNotFoundError:
                 raise self._damaged(b, "commit record missing (not written yet, or lost)") from None
-            except (OSError, ValueError, KeyError, TypeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 raise self._damaged(b, f"commit record unreadable ({type(e).__name__})") from None
             if record.get("block") != b:
                 raise self._damaged(b, f"commit record is block {record.get('block')}'s")
@@ -393,9 +394,7 @@ class Store:
         return self._records[b]
 
     def _damaged(self, b: int, reason: str) -> StoreDamaged:
-        e = StoreDamaged.of(self.path, {b: [reason]})
-        e.reason = reason
-        return e
+        return StoreDamaged.of(self.path, {b: [reason]})
 
     # --- reading ---
     def read_block(self, b: int, names: list[str] | None = None) -> dict[str, np.ndarray]:

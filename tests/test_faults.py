@@ -189,3 +189,17 @@ def test_damage_found_mid_training_stops_it_and_keeps_the_last_checkpoint(pristi
     assert code == 0 and contents(store) == contents(pristine["ids"]), out
     code, out = kd("train", spec)
     assert code == 0, out
+
+
+def test_damage_found_in_a_loader_worker_reads_as_in_process(pristine, tmp_path):
+    """With `workers`, blocks are read in DataLoader processes: the error still names store and
+    block, without the worker's traceback (which torch puts into the message)."""
+    data = spec_data("ids", tmp_path)
+    data["phases"][0]["workers"] = 1
+    spec = write(data, tmp_path / "spec.toml")
+    store = tmp_path / "store" / "d"
+    shutil.copytree(pristine["ids"], store)
+    damage(store, "logits", "flip")
+    code, out = kd("train", spec)
+    assert code == 1 and f"block {BLOCK}: logits: checksum mismatch" in out, out
+    assert "Traceback" not in out and "worker" not in out, out

@@ -2,9 +2,10 @@
 
 `ArrayReader` reads one array's blocks: straight from its chunk files where the layout is one this
 module knows (the Zarr v3 spec's chunk keys, `bytes` and `zstd` codecs), through zarr otherwise or
-when KD_STORE_READS=zarr. `BlockCache` holds whole blocks for the training loader. Neither knows
-what the arrays mean or checks their content: `kdcore.store` verifies what they return against the
-block's commit record. Why each trick is here, with its measurements: docs/DESIGN.md, "Store".
+when KD_STORE_READS=zarr. `StoreRows` gives the training loader the rows of a batch, from whole
+blocks read ahead into a `BlockCache` or, for a block not read yet, row by row. Nothing here knows
+what the arrays mean or checks their content: the `Store` whose reads they call verifies each
+against the block's commit record. Why each trick is here, with measurements: DESIGN.md, "Store".
 """
 
 from __future__ import annotations

@@ -75,39 +75,52 @@ def _prepare(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, 
              repair: bool) -> str | None:
     """Rank 0, holding the lock: check an existing store against the spec, or create it; uncommit
     damaged blocks so that they are generated again. Returns an error message."""
-    for stale in path.parent.glob(f".{path.name}.creating*"):  # builds a kill cut short
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*path.parent.glob(f".{path.name}.creating*"), *path.parent.glob(f".{path.name}.deleting*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a kill part-way through a create or delete
     if path.exists() and not is_store(path):
         if any(path.iterdir()):
             return (f"{path} exists and is not a LlamaKD store (no store metadata in it); nothing was changed, "
                     f"not even with --overwrite. Move it away, or change store_dir or the dataset's name in {spec.source}.")
         path.rmdir()
     if path.exists():
-        if repair:
-            restored = Store.restore_metadata(path, layout, attrs)
-            if restored:
-                console.print(f"{path}: metadata rewritten: {', '.join(restored)}", highlight=False)
-        try:
-            problems = Store.open(path, mode="r").differences(spec, dataset, attrs)
-        except StoreError as e:
-            problems = [str(e)]
+        problems = _differences(path, spec, dataset, attrs, layout, repair)
         if problems and not overwrite:
             return (f"{path} holds a different dataset than {spec.source} datasets.{dataset} would generate:\n  "
                     + "\n  ".join(problems)
                     + f"\nNothing was changed. Name a new dataset, or pass --overwrite to regenerate {path}.")
         if problems:
             _delete(path)
-    if not path.exists():
+    if path.exists():
+        _mend(Store.open(path, mode="r+"), repair)
+    else:
         Store.create(path, layout, attrs)
-        return None
-    store = Store.open(path, mode="r+")
+    return None
+
+
+def _differences(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, repair: bool) -> list[str]:
+    """Why the store at `path` is not this dataset's ([] if it is); with `repair`, its unreadable
+    metadata rewritten first where it provably is."""
+    if repair:
+        restored = Store.restore_metadata(path, layout, attrs)
+        if restored:
+            console.print(f"{path}: metadata rewritten: {', '.join(restored)}", highlight=False)
+    try:
+        return Store.open(path, mode="r").differences(spec, dataset, attrs)
+    except StoreError as e:
+        return [str(e)]
+
+
+def _mend(store: Store, repair: bool) -> None:
+    """Remove leftovers of killed writes; uncommit blocks that are not intact (a stat per chunk
+    file; with `repair`, every block read and checked), for this run to generate them again."""
     store.remove_leftovers()
-    damage = store.damage(deep=repair)  # plain resume: stat only; --repair reads every block
+    damage = store.damage(deep=repair)
     if damage:
-        console.print(f"{describe_damage(path, damage)}\nregenerating {'it' if len(damage) == 1 else 'them'}",
+        console.print(f"{describe_damage(store.path, damage)}\nregenerating {'it' if len(damage) == 1 else 'them'}",
                       highlight=False)
         store.uncommit(list(damage))
-    return None
+    elif repair:
+        console.print(f"{store.path}: every committed block checked: none damaged", highlight=False)
 
 
 def _delete(path: Path) -> None:

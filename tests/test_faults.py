@@ -95,6 +95,14 @@ def damage(store: Path, array: str, fault: str) -> None:
         f.write_bytes(bytes(flipped))
 
 
+def other_blocks(store: Path) -> dict[str, int]:
+    """The modification times of every chunk file and commit record of the blocks not damaged."""
+    files = [p for p in store.glob("*/c/*") if p.name != str(BLOCK)]
+    files = [f for p in files for f in ([p] if p.is_file() else p.rglob("*"))]
+    files += [p for p in (store / "commits").glob("*.json") if p.name != f"{BLOCK}.json"]
+    return {str(p): p.stat().st_mtime_ns for p in files}
+
+
 def contents(store: Path) -> dict[str, bytes]:
     """Every array's values and every commit record, as bytes."""
     group = zarr.open_group(str(store), mode="r")
@@ -109,6 +117,7 @@ def test_damage_is_found_named_and_repaired(kind, array, fault, pristine, tmp_pa
     store = tmp_path / "store" / "d"
     shutil.copytree(pristine[kind], store)
     damage(store, array, fault)
+    before = other_blocks(store)
     metadata = fault == "garbage zarr.json"
     named = ("metadata" if array == "group" else array) if metadata else f"block {BLOCK}"
 
@@ -134,6 +143,7 @@ def test_damage_is_found_named_and_repaired(kind, array, fault, pristine, tmp_pa
     code, out = kd("generate", "--repair", spec)
     assert code == 0, out
     assert contents(store) == contents(pristine[kind])
+    assert other_blocks(store) == before  # exactly the damaged block was written again
     report = inspect_store(store)
     assert report["complete"] and not report["damaged"]
 

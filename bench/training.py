@@ -13,6 +13,10 @@ ratio is the median of the per-round ratios, because a shared machine's speed dr
 the effects measured; the slow 2023 loader runs in every --original-every-th round. One uncounted
 run of each of the two fast paths comes first.
 Targets: store >= 0.9x of in-memory; store >= 20x of the 2023 loader.
+
+The cost of the store's integrity checks (a CRC-32C per block and per row read alone, against its
+commit record) is measured two ways: a third side in every round reads the store with the checks
+skipped (paired ratio), and the checksums' own time is summed over the checked runs.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from kdcore.components import Inputs, Targets  # noqa: E402
 from kdcore.data import Batch, StoreBatches, epoch_plan, loader  # noqa: E402
 from kdcore.generate import generate  # noqa: E402
 from kdcore.spec import parse_spec  # noqa: E402
-from kdcore.store import drop_from_page_cache as evict  # noqa: E402
+import kdcore.store  # noqa: E402
+from kdcore.chunkio import drop_from_page_cache as evict  # noqa: E402
 
 
 def step(student, optimizer, loss_fn, batch: Batch):
@@ -47,6 +52,28 @@ def step(student, optimizer, loss_fn, batch: Batch):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+class _Unchecked:
+    """A checksum that equals every record: the store's reads with their checks skipped."""
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+
+CHECKSUM = kdcore.store.checksum
+checksum_seconds = [0.0]
+
+
+def timed_checksum(values):
+    start = time.perf_counter()
+    try:
+        return CHECKSUM(values)
+    finally:
+        checksum_seconds[0] += time.perf_counter() - start
 
 
 def main() -> None:
@@ -90,8 +117,9 @@ def main() -> None:
             student = builder.student(args.seq_len)
             return student, torch.optim.SGD(student.parameters(), lr=1e-4)
 
-        # 1. the store, through the trainer's own data path
-        def from_store() -> float:
+        # 1. the store, through the trainer's own data path (checked, or with the checks skipped)
+        def from_store(checked: bool = True) -> float:
+            kdcore.store.checksum = timed_checksum if checked else (lambda values: _Unchecked())
             student, opt = fresh()
             evict(store.path)
             start = time.perf_counter()
@@ -140,23 +168,31 @@ def main() -> None:
 
         # store and in-memory alternate (ABBA) in every round; the slow 2023 loader runs in every
         # --original-every-th round, just before the pair
-        in_memory(), from_store()  # warm-up, not counted: the process's first allocations and imports
-        rates = {"memory": [], "store": [], "original": []}
+        in_memory(), from_store(), from_store(False)  # warm-up, not counted: first allocations and imports
+        rates = {"memory": [], "store": [], "unchecked": [], "original": []}
+        checksum_seconds[0], checked_seconds = 0.0, 0.0
         for r in range(args.rounds):
             if r % args.original_every == 0:
                 rates["original"].append(original())
-            pair = (("memory", in_memory), ("store", from_store))
-            for k, run in (pair if r % 2 == 0 else pair[::-1]):
+            sides = (("memory", in_memory), ("store", from_store), ("unchecked", lambda: from_store(False)))
+            for k, run in (sides if r % 2 == 0 else sides[::-1]):
                 rates[k].append(run())
+                checked_seconds += samples / rates[k][-1] if k == "store" else 0
+        kdcore.store.checksum = CHECKSUM
         med = {k: statistics.median(v) for k, v in rates.items()}
         disk = sum(p.stat().st_size for p in orig.iterdir())
         print(f"\n[{kind}]  (2023 files: {disk / 2**20:.0f} MiB; store: {store.bytes_on_disk() / 2**20:.1f} MiB)")
-        for k, label in (("memory", "in-memory tensors"), ("store", "LlamaKD store"), ("original", "2023 loader replica")):
+        for k, label in (("memory", "in-memory tensors"), ("store", "LlamaKD store"),
+                         ("unchecked", "store, checks skipped"), ("original", "2023 loader replica")):
             print(f"  {label:22s}: {med[k]:8.1f} samples/s  (runs: {', '.join(f'{r:.1f}' for r in rates[k])})")
         ratios = [s / m for s, m in zip(rates["store"], rates["memory"])]
         print(f"  store / in-memory     : {statistics.median(ratios):8.2f}x  median of {args.rounds} paired rounds "
               f"(range {min(ratios):.2f} .. {max(ratios):.2f}; target >= 0.9x)")
         print(f"  store / 2023 loader   : {med['store'] / med['original']:8.2f}x  ratio of the medians (target >= 20x)")
+        checks = [s / u for s, u in zip(rates["store"], rates["unchecked"])]
+        print(f"  checked / unchecked   : {statistics.median(checks):8.3f}x  median of {args.rounds} paired rounds "
+              f"(range {min(checks):.3f} .. {max(checks):.3f}); checksums took {checksum_seconds[0] / args.rounds * 1e3:.1f} ms "
+              f"per epoch, {100 * checksum_seconds[0] / checked_seconds:.1f}% of the checked runs' time")
         print(f"  (ceiling: in-memory / 2023 loader = {med['memory'] / med['original']:.2f}x: no loader can beat "
               f"the student's own step)")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -141,11 +141,12 @@ def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teach
 
 @app.command()
 def generate(spec: Path = SpecArg, dataset: Optional[list[str]] = typer.Option(None, help="only these datasets"),
-             overwrite: bool = typer.Option(False, help="regenerate a store made from a different spec")):
+             overwrite: bool = typer.Option(False, help="regenerate a store made from a different spec"),
+             repair: bool = typer.Option(False, help="verify every block's checksums and regenerate the damaged ones")):
     """Generate the spec's datasets into the store (resumes; skips complete ones)."""
     from kdcore.runner import Runner
 
-    Runner(_spec(spec)).generate(dataset or None, overwrite=overwrite)
+    Runner(_spec(spec)).generate(dataset or None, overwrite=overwrite, repair=repair)
 
 
 @app.command()
@@ -179,11 +180,12 @@ def run(spec: Path = SpecArg, dry_run: bool = typer.Option(False, "--dry-run", h
 
 @app.command()
 def inspect(store: Path = typer.Argument(..., help="a store folder, e.g. store/negten"),
-            json_out: bool = typer.Option(False, "--json", help="print JSON")):
-    """Describe a generated store: spec, teacher, arrays, size, completion and target diagnostics."""
+            json_out: bool = typer.Option(False, "--json", help="print JSON"),
+            verify: bool = typer.Option(True, help="read every block and check its checksums")):
+    """Describe a generated store: spec, teacher, arrays, size, completion, damage and target diagnostics."""
     from kdcore.inspect import inspect_store, print_report
 
-    report = inspect_store(store)
+    report = inspect_store(store, verify=verify)
     if json_out:
         out.print_json(json.dumps(report))
     else:

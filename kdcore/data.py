@@ -1,18 +1,16 @@
 """Training batches from a store, read by whole chunks.
 
 The batch plan of an epoch is a pure function of (seed, epoch): blocks are shuffled, taken a few at
-a time into a buffer (`shuffle_chunks`), and the buffer's rows are permuted and cut into batches.
-Random single-row reads were 50-170x slower here than whole chunks. Because the plan is known up
+a time into a buffer (`shuffle_chunks`), and the buffer's rows are permuted and cut into batches
+(whole chunks, because random single-row reads are far slower). Because the plan is known up
 front, resuming at step k of an epoch just starts at batch k, and rank r of W takes rows r::W of every
 global batch, so data-parallel training sees the same global batches as a single process.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent import futures
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +18,8 @@ import numpy as np
 import torch
 
 from kdcore.components import Inputs, Targets
+from kdcore.errors import KDError
+from kdcore.chunkio import StoreRows
 from kdcore.store import Store
 from kdcore.threads import background
 
@@ -66,12 +66,7 @@ class Batch:
 
 class StoreBatches(torch.utils.data.Dataset):
     """Item k is batch k of the plan, for this rank; opens the store lazily (inside each worker).
-
-    Blocks are read whole into a cache, in two parts: the raw (uncompressed, vocab-sized) arrays
-    and the rest. `warm`, called ahead by the loader's I/O thread, fills it; `__getitem__`, in
-    another thread, takes rows from it and reads a raw array's rows itself from any block whose read
-    has not finished (an epoch's first batches span a shuffle group's blocks, ~50 MB here, where
-    their own rows are ~3 MB)."""
+    Rows come through `chunkio.StoreRows`: `warm` and `hint` let the loader read ahead."""
 
     def __init__(self, path, plan: list[np.ndarray], seq_len: int, make_sampler: Callable | None = None,
                  dataset_seed: int = 0, rank: int = 0, world: int = 1, cache_blocks: int = 16):
@@ -81,8 +76,7 @@ class StoreBatches(torch.utils.data.Dataset):
         self._reset()
 
     def _reset(self) -> None:
-        self._store, self._sampler, self._cache, self._hinted = None, None, OrderedDict(), set()
-        self._lock = threading.Lock()
+        self._store, self._sampler, self._rows = None, None, None
 
     def __getstate__(self):  # for DataLoader workers: the settings, not the open store or cache
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -100,54 +94,20 @@ class StoreBatches(torch.utils.data.Dataset):
             self._store = Store.open(self.path)
         return self._store
 
-    def _names(self) -> list[str]:
-        return [n for n in self.store.layout.arrays() if n not in ("committed", "seed")]
-
-    def _block(self, b: int, raw: bool, wait: bool = True) -> dict | None:
-        """The raw (or the other) arrays of block b, read whole once and cached, whichever thread
-        asks first; another asking meanwhile waits for that read. With wait=False, None unless the
-        read has finished."""
-        key, mine = (b, raw), False
-        with self._lock:
-            pending = self._cache.get(key)
-            if pending is not None:
-                self._cache.move_to_end(key)  # least recently used goes first
-            elif not wait:
-                return None
-            else:
-                pending, mine = Future(), True
-                self._cache[key] = pending
-                while len(self._cache) > 2 * self.cache_blocks:
-                    self._cache.popitem(last=False)
-        if not wait and not pending.done():
-            return None
-        if mine:
-            try:
-                names = [n for n in self._names() if self.store.by_row(n) == raw]
-                pending.set_result(self.store.read_block(b, names))
-            except BaseException as e:
-                pending.set_exception(e)
-                with self._lock:
-                    if self._cache.get(key) is pending:
-                        del self._cache[key]
-                raise
-        return pending.result()
+    @property
+    def rows(self) -> StoreRows:
+        if self._rows is None:
+            names = [n for n in self.store.layout.data_arrays() if n != "seed"]
+            self._rows = StoreRows(self.store, names, self.cache_blocks, _empty)
+        return self._rows
 
     def warm(self, k: int) -> None:
-        """Read the blocks batch k will need into the cache: first the small arrays of each, then
-        the raw ones (a batch being built meanwhile waits only for the small ones)."""
-        blocks = self._blocks_of(k)
-        for raw in (False, True):
-            for b in blocks:
-                self._block(b, raw)
+        """Read the blocks batch k will need into the cache."""
+        self.rows.warm(self._blocks_of(k))
 
     def hint(self, k: int) -> None:
-        """Ask the OS to start reading the blocks batch k will need (`Store.prefetch`; not the raw
-        chunks it reads by direct I/O), once each: the disk works while the student does."""
-        for b in self._blocks_of(k):
-            if b not in self._hinted:  # a group's batches share its blocks
-                self._hinted.add(b)
-                self.store.prefetch(b, self._names())
+        """Ask the OS to start reading the blocks batch k will need: the disk works while the student does."""
+        self.rows.hint(self._blocks_of(k))
 
     def _blocks_of(self, k: int) -> list[int]:
         """The blocks batch k's rows come from (none past the plan's end)."""
@@ -155,34 +115,12 @@ class StoreBatches(torch.utils.data.Dataset):
             return []
         return np.unique(self.plan[k] // self.store.layout.block_rows).tolist()
 
-    def _gather(self, rows: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Arrays at sorted global `rows`, in that order: each block's rows are copied once, straight
-        into the batch's array, from the cache or (raw arrays of a block not read yet) the file."""
-        layout = self.store.layout
-        block_rows, arrays = layout.block_rows, layout.arrays()
-        blocks = rows // block_rows
-        out = {n: _empty((len(rows), *arrays[n][0][1:]), np.dtype(arrays[n][2])) for n in names or self._names()}
-        start = 0
-        for b in np.unique(blocks).tolist():
-            local = rows[blocks == b] - b * block_rows
-            for n, batch in out.items():
-                dest = batch[start : start + len(local)]
-                raw = self.store.by_row(n)
-                block = self._block(b, raw, wait=not raw)
-                if block is None:
-                    if self.store.read_rows(n, b, local, dest):
-                        continue
-                    block = self._block(b, raw)  # a chunk file it could not vouch for: zarr will say why
-                np.take(block[n], local, axis=0, out=dest, mode="clip")
-            start += len(local)
-        return out
-
     def _weight(self, batch_rows: np.ndarray, rows: np.ndarray, lengths: np.ndarray) -> float:
         if self.world == 1:
             return 1.0
         if self.store.layout.positions == "all":  # losses average over valid positions
             local = int(lengths.sum())
-            total = int(self._gather(np.sort(batch_rows), ["length"])["length"].sum())
+            total = int(self.rows.gather(np.sort(batch_rows), ["length"])["length"].sum())
         else:  # losses average over rows
             local, total = len(rows), len(batch_rows)
         return self.world * local / total
@@ -194,7 +132,7 @@ class StoreBatches(torch.utils.data.Dataset):
         if empty:  # fewer rows than ranks: borrow one, weighted 0
             rows = np.sort(batch_rows)[:1]
         layout = self.store.layout
-        arr = self._gather(rows)
+        arr = self.rows.gather(rows)
         weight = 0.0 if empty else self._weight(batch_rows, rows, arr["length"])
         lengths = torch.from_numpy(arr["length"].astype(np.int64))
         if "ids" in arr:
@@ -219,10 +157,8 @@ class StoreBatches(torch.utils.data.Dataset):
 
 
 def _empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """A numpy view of a fresh torch tensor. torch backs large allocations with huge pages (see
-    kdcore/__init__.py), so filling a batch's 3 MB of targets page-faults less than a fresh numpy
-    array (~800 faults; the concatenate took 1.9 -> 1.35 ms per batch here); the array keeps its
-    tensor alive."""
+    """A numpy view of a fresh torch tensor (which keeps it alive): torch backs large allocations
+    with huge pages (kdcore/__init__.py), so filling it page-faults less than a fresh numpy array."""
     return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype).numpy()
 
 
@@ -258,8 +194,21 @@ def loader(dataset, workers: int = 0, ahead: int = 1, warm_ahead: int = 8, hint_
     resumed run's RNG stream (dropout, the sld-cosine shuffle) differ from an uninterrupted one's."""
     if workers == 0:
         return _read_ahead(dataset, ahead, warm_ahead, max(hint_ahead, warm_ahead))
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       persistent_workers=False, generator=torch.Generator().manual_seed(0))
+    return _worker_errors_plain(torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
+        generator=torch.Generator().manual_seed(0)))
+
+
+def _worker_errors_plain(batches):
+    """A KDError from a worker (a damaged store block) arrives with the worker's traceback in its
+    message: re-raise it with its own message only, as it would read in-process."""
+    try:
+        yield from batches
+    except KDError as e:
+        text, marker = str(e), f"{type(e).__module__}.{type(e).__qualname__}: "
+        if "Original Traceback" not in text or marker not in text:
+            raise
+        raise type(e)(text.split(marker, 1)[1].rstrip()) from None
 
 
 def _by_batch(dataset, method: str) -> Callable[[int], None]:

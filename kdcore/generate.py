@@ -7,18 +7,22 @@ never overwritten, unless `overwrite=True`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 
 from kdcore import dist
 from kdcore.build import Builder
 from kdcore.components import Inputs, Targets, sample_seed
-from kdcore.errors import StoreError
-from kdcore.progress import bar
+from kdcore.errors import KDError, StoreError
+from kdcore.locks import hold
+from kdcore.progress import bar, console
 from kdcore.spec import Spec, spec_hash
-from kdcore.store import Layout, Store, describe_difference
+from kdcore.store import Layout, Store, describe_damage, is_store
 from kdcore.threads import background
 
 
@@ -47,30 +51,18 @@ def store_attrs(spec: Spec, dataset: str, teacher, sampler) -> dict:
     }
 
 
-def check_matches(store: Store, attrs: dict) -> list[str]:
-    """Why an existing store is not the one this spec would generate ([] if it is)."""
-    problems = []
-    if store.attrs.get("identity_hash") != attrs["identity_hash"]:
-        problems += describe_difference(store.attrs.get("identity", {}), attrs["identity"])
-        problems = problems or ["its recorded spec differs"]
-    old_device = store.attrs.get("teacher", {}).get("device")
-    if attrs["sampler"]["deterministic"] == "device" and old_device != attrs["teacher"]["device"]:
-        # its samples depend on the teacher's numerics: mixing devices would mix two datasets
-        problems.append(f"teacher device: {old_device} -> {attrs['teacher']['device']} "
-                        f"(sampler '{attrs['sampler']['name']}' is deterministic per device)")
-    old_fp = store.attrs.get("teacher", {}).get("fingerprint")
-    if old_fp != attrs["teacher"]["fingerprint"]:
-        problems.append(f"teacher fingerprint: {old_fp} -> {attrs['teacher']['fingerprint']}")
-    return problems
-
-
-def open_or_create(spec: Spec, dataset: str, attrs: dict, layout: Layout, overwrite: bool) -> Store:
+def open_or_create(spec: Spec, dataset: str, attrs: dict, layout: Layout, overwrite: bool, repair: bool,
+                   held: ExitStack) -> Store:
+    """The store to write, checked (rank 0, holding the store's lock in `held`), on every rank."""
     path = spec.store_path(dataset)
     error = None
     if dist.is_main():
         try:
-            error = _prepare(path, spec, dataset, attrs, layout, overwrite)
-        except Exception as e:  # every rank must hear of it, or the others wait forever
+            held.enter_context(hold(path, f"store {path}"))
+            error = _prepare(path, spec, dataset, attrs, layout, overwrite, repair)
+        except KDError as e:  # every rank must hear of it, or the others wait forever
+            error = str(e)
+        except Exception as e:
             error = f"{path}: {type(e).__name__}: {e}"
     error = dist.broadcast_object(error)
     if error:
@@ -79,22 +71,63 @@ def open_or_create(spec: Spec, dataset: str, attrs: dict, layout: Layout, overwr
     return Store.open(path, mode="r+")
 
 
-def _prepare(path, spec: Spec, dataset: str, attrs: dict, layout: Layout, overwrite: bool) -> str | None:
-    """Rank 0: check an existing store against the spec, or create it. Returns an error message."""
+def _prepare(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, overwrite: bool,
+             repair: bool) -> str | None:
+    """Rank 0, holding the lock: check an existing store against the spec, or create it; uncommit
+    damaged blocks so that they are generated again. Returns an error message."""
+    for stale in [*path.parent.glob(f".{path.name}.creating*"), *path.parent.glob(f".{path.name}.deleting*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a kill part-way through a create or delete
+    if path.exists() and not is_store(path):
+        if any(path.iterdir()):
+            return (f"{path} exists and is not a LlamaKD store (no store metadata in it); nothing was changed, "
+                    f"not even with --overwrite. Move it away, or change store_dir or the dataset's name in {spec.source}.")
+        path.rmdir()
     if path.exists():
-        try:
-            problems = check_matches(Store.open(path, mode="r"), attrs)
-        except StoreError as e:
-            problems = [str(e)]
+        problems = _differences(path, spec, dataset, attrs, layout, repair)
         if problems and not overwrite:
             return (f"{path} holds a different dataset than {spec.source} datasets.{dataset} would generate:\n  "
                     + "\n  ".join(problems)
                     + f"\nNothing was changed. Name a new dataset, or pass --overwrite to regenerate {path}.")
         if problems:
-            shutil.rmtree(path)
-    if not path.exists():
+            _delete(path)
+    if path.exists():
+        _mend(Store.open(path, mode="r+"), repair)
+    else:
         Store.create(path, layout, attrs)
     return None
+
+
+def _differences(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, repair: bool) -> list[str]:
+    """Why the store at `path` is not this dataset's ([] if it is); with `repair`, its unreadable
+    metadata rewritten first where it provably is."""
+    if repair:
+        restored = Store.restore_metadata(path, layout, attrs)
+        if restored:
+            console.print(f"{path}: metadata rewritten: {', '.join(restored)}", highlight=False)
+    try:
+        return Store.open(path, mode="r").differences(spec, dataset, attrs)
+    except StoreError as e:
+        return [str(e)]
+
+
+def _mend(store: Store, repair: bool) -> None:
+    """Remove leftovers of killed writes; uncommit blocks that are not intact (a stat per chunk
+    file; with `repair`, every block read and checked), for this run to generate them again."""
+    store.remove_leftovers()
+    damage = store.damage(deep=repair)
+    if damage:
+        console.print(f"{describe_damage(store.path, damage)}\nregenerating {'it' if len(damage) == 1 else 'them'}",
+                      highlight=False)
+        store.uncommit(list(damage))
+    elif repair:
+        console.print(f"{store.path}: every committed block checked: none damaged", highlight=False)
+
+
+def _delete(path: Path) -> None:
+    """Delete a store: renamed aside first, so a kill part-way leaves no half-deleted store in place."""
+    aside = path.with_name(f".{path.name}.deleting{os.getpid()}")
+    os.replace(path, aside)
+    shutil.rmtree(aside)
 
 
 def targets_to_arrays(targets: Targets) -> dict[str, np.ndarray]:
@@ -125,14 +158,22 @@ def concat(parts: list[dict]) -> dict[str, np.ndarray]:
 
 
 def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite: bool = False,
-             progress: bool = True, log=None) -> Store:
+             progress: bool = True, log=None, repair: bool = False) -> Store:
+    """Generate (or resume, or with `repair` verify and mend) one dataset's store. Rank 0 holds the
+    store's lock throughout: another `kd generate` on it stops at once, naming this process."""
+    with ExitStack() as held:
+        return _generate(spec, dataset, builder, overwrite, progress, log, repair, held)
+
+
+def _generate(spec: Spec, dataset: str, builder: Builder | None, overwrite: bool, progress: bool, log,
+              repair: bool, held: ExitStack) -> Store:
     dist.init()
     builder = builder or Builder(spec)
     ds = spec.datasets[dataset]
     teacher, sampler = builder.teacher, builder.sampler(dataset)
     layout = layout_for(spec, dataset, teacher.vocab_size, sampler.produces)
     attrs = store_attrs(spec, dataset, teacher, sampler)
-    store = open_or_create(spec, dataset, attrs, layout, overwrite)
+    store = open_or_create(spec, dataset, attrs, layout, overwrite, repair, held)
     if store.complete:
         return store
 

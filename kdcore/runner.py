@@ -25,14 +25,15 @@ class Runner:
     def datasets_in_use(self) -> list[str]:
         return list(dict.fromkeys(p.dataset for p in self.spec.phases))
 
-    def generate(self, datasets: list[str] | None = None, overwrite: bool = False) -> None:
+    def generate(self, datasets: list[str] | None = None, overwrite: bool = False, repair: bool = False) -> None:
         from kdcore.generate import generate
 
         log = MetricsLog(self.spec.run_path / "metrics.jsonl", self.spec.registry, enabled=dist.is_main())
         for name in datasets or self.datasets_in_use():
             if name not in self.spec.datasets:
                 raise KDError(f"{self.spec.source}: no dataset '{name}'")
-            store = generate(self.spec, name, self.builder, overwrite=overwrite, progress=self.progress, log=log)
+            store = generate(self.spec, name, self.builder, overwrite=overwrite, progress=self.progress, log=log,
+                             repair=repair)
             if dist.is_main():
                 console.print(f"[green]✓[/green] {store.path}: {store.layout.num_samples} samples, complete")
 

@@ -1,31 +1,34 @@
 """The generated dataset on disk: one Zarr v3 group per dataset (see DESIGN.md, "Store").
 
 Arrays are created at their final size. Rows are written a block (= one chunk of every array) at a
-time, and `committed[b]` is set only after all of block b is written, so a killed run leaves at worst
-uncommitted blocks, which the next run redoes. Nothing here appends or resizes.
+time; then the block's commit record (each array's checksum and chunk file size) is written, and
+`committed[b]` is set last, so a killed run leaves at worst uncommitted blocks, which the next run
+redoes. Every read is checked against the record: a damaged block is named, never read as data.
+How the bytes come off the disk is `kdcore.chunkio`'s concern. Nothing here appends or resizes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
+import shutil
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kdcore.chunkio import ArrayReader, ChunkError
 from kdcore.errors import StoreError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a commit record per block (checksums, file sizes); every chunk has a file
 
-
-# Dense float16 arrays (vocab-sized logits, noise inputs) are stored raw: zstd saved 8-15% of their
-# bytes but made reading a block 4x slower (10.7 vs 2.5 ms for 100 x 32000, through zarr), a cost
-# the trainer pays every epoch. Everything else (ids, seeds, lengths, top-k) is zstd-compressed,
-# zarr's default.
+# Dense float16 arrays (vocab-sized logits, noise inputs) are stored raw: read every epoch, and zstd
+# slows their reads far more than it saves (figures in DESIGN.md). The rest keeps zarr's zstd.
 UNCOMPRESSED = {"logits", "inputs"}
+
+RECORDS = "commits"  # a zarr group; holds `<block>.json`, the commit record of each block
 
 
 @dataclass
@@ -72,6 +75,10 @@ class Layout:
         out["committed"] = ((self.num_blocks,), (1,), "uint8")  # one file per flag: writers never share
         return out
 
+    def data_arrays(self) -> list[str]:
+        """The arrays a block's rows are written to (all but the commit flags)."""
+        return [n for n in self.arrays() if n != "committed"]
+
     def bytes_per_sample(self) -> int:
         return sum(
             int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -84,10 +91,53 @@ class Layout:
         return self.max_seq_len * self.vocab_size * 2 + self.vocab_size * 4
 
 
+def checksum(values: np.ndarray) -> int:
+    """CRC-32C of an array's bytes in C order (hardware-accelerated; its cost: DESIGN.md, "Store")."""
+    import google_crc32c  # installed with zarr, whose crc32c codec uses it
+
+    return google_crc32c.value(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
+
+
+class StoreDamaged(StoreError):
+    """Committed blocks whose data is missing or not what was written: `damage` maps each block to
+    what is wrong with it."""
+
+    def __init__(self, message: str, damage: dict[int, list[str]] | None = None):
+        super().__init__(message)
+        self.damage = damage or {}
+
+    @classmethod
+    def of(cls, path: Path, damage: dict[int, list[str]]) -> "StoreDamaged":
+        return cls(f"{describe_damage(path, damage)}\n`kd generate --repair SPEC` (the spec that made the "
+                   f"store) regenerates exactly these blocks", damage)
+
+
+def describe_damage(path: Path, damage: dict[int, list[str]], shown: int = 12) -> str:
+    """'<path>: damaged blocks 3, 7:' and a line per block (the first `shown`) saying what is wrong."""
+    blocks = sorted(damage)
+    lines = [f"{path}: damaged block{'s' * (len(blocks) > 1)} {', '.join(map(str, blocks))}:"]
+    lines += [f"  block {b}: {'; '.join(damage[b])}" for b in blocks[:shown]]
+    return "\n".join(lines + ([f"  ... and {len(blocks) - shown} more"] if len(blocks) > shown else []))
+
+
 def _zarr():
     import zarr
 
     return zarr
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is provably a LlamaKD store (of any format version, damaged or not): what
+    `--overwrite` may delete. Its group metadata says so, or (format 2 on) its commit records' group."""
+    path = Path(path)
+    for meta, key in ((path / "zarr.json", "format_version"), (path / RECORDS / "zarr.json", "llamakd_format")):
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(attrs, dict) and isinstance(attrs.get(key), int) and (key != "format_version" or "layout" in attrs):
+            return True
+    return False
 
 
 class Store:
@@ -96,91 +146,135 @@ class Store:
         self.group = group
         self.attrs = dict(group.attrs)
         self.layout = Layout(**self.attrs["layout"])
-        self._arrays = {}
-        self._chunks: dict[str, _ChunkFiles | None] = {}
+        self._arrays, self._readers, self._records = {}, {}, {}
         self.unreadable_flags: list[int] = []  # blocks whose commit flag could not be read
 
     # --- opening ---
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "Store":
         path = Path(path)
+        if not path.exists():
+            raise StoreError(f"{path} does not exist (so it is not a LlamaKD store yet); generate it with `kd generate SPEC`")
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: not a LlamaKD store (no zarr.json); generate it with `kd generate SPEC`")
         try:
             group = _zarr().open_group(str(path), mode=mode)
             attrs = dict(group.attrs)
         except Exception as e:  # corrupt metadata
-            raise StoreError(f"{path}: cannot read the store metadata ({type(e).__name__}: {e})") from None
-        if attrs.get("format_version") != FORMAT_VERSION or "layout" not in attrs:
-            raise StoreError(
-                f"{path}: not a LlamaKD store of format {FORMAT_VERSION} (attrs: format_version="
-                f"{attrs.get('format_version')!r}); regenerate it or name a new dataset"
-            )
+            raise StoreError(f"{path}: cannot read the store metadata ({type(e).__name__}: {e}); "
+                             f"`kd generate --repair SPEC` or --overwrite makes it again") from None
+        version = attrs.get("format_version")
+        if version != FORMAT_VERSION and isinstance(version, int) and "layout" in attrs:
+            raise StoreError(f"{path}: a LlamaKD store of format {version}; this version reads format "
+                             f"{FORMAT_VERSION} (a checksum per block); regenerate it with "
+                             f"`kd generate --overwrite SPEC`")
+        if version != FORMAT_VERSION or "layout" not in attrs:
+            raise StoreError(f"{path}: not a LlamaKD store of format {FORMAT_VERSION} (attrs: format_version="
+                             f"{version!r}); regenerate it or name a new dataset")
         try:
             store = cls(path, group)
         except Exception as e:  # a layout that does not fit this version
             raise StoreError(f"{path}: cannot read the store layout ({type(e).__name__}: {e})") from None
+        problems = store._unreadable_metadata()
+        if problems:
+            raise StoreError(f"{path}: corrupt store: {'; '.join(problems)}; "
+                             f"`kd generate --repair SPEC` rewrites it (or --overwrite regenerates the store)")
+        return store
+
+    def _unreadable_metadata(self) -> list[str]:
         missing, broken = [], []
-        for name in store.layout.arrays():
-            if not (path / name / "zarr.json").exists():
+        for name in [*self.layout.arrays(), RECORDS]:
+            if not (self.path / name / "zarr.json").exists():
                 missing.append(name)
                 continue
             try:
-                store.array(name)
-            except Exception as e:  # unreadable array metadata
+                self.array(name) if name != RECORDS else self.group[name]
+            except Exception as e:  # unreadable metadata
                 broken.append(f"{name} ({type(e).__name__}: {e})")
-        if missing or broken:
-            problems = ([f"arrays missing: {', '.join(missing)}"] if missing else []) + (
-                [f"array metadata unreadable: {'; '.join(broken)}"] if broken else [])
-            raise StoreError(f"{path}: corrupt store: {'; '.join(problems)}; regenerate it with --overwrite")
-        return store
+        return ([f"arrays missing: {', '.join(missing)}"] if missing else []) + (
+            [f"array metadata unreadable: {'; '.join(broken)}"] if broken else [])
 
     @classmethod
     def create(cls, path: str | Path, layout: Layout, attrs: dict) -> "Store":
-        import shutil
-
-        zarr = _zarr()
         path = Path(path)
         if path.exists():
             raise StoreError(f"{path} already exists")
         path.parent.mkdir(parents=True, exist_ok=True)
         # built under a temporary name and renamed: a run killed here leaves no half-made store behind
-        final, path = path, path.with_name(f".{path.name}.creating{os.getpid()}")
+        final, path = path, creating_path(path)
         shutil.rmtree(path, ignore_errors=True)
-        group = zarr.open_group(str(path), mode="w-")
-        for name, (shape, chunks, dtype) in layout.arrays().items():
-            codec = {"compressors": None} if name in UNCOMPRESSED else {}
-            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **codec)
-        # metadata last: a store without it is recognisably unfinished
-        group.attrs.update(
-            {
-                **attrs,
-                "layout": layout.__dict__,
-                "complete": False,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "format_version": FORMAT_VERSION,
-            }
-        )
+        group = _zarr().open_group(str(path), mode="w-")
+        _create_arrays(group, layout, attrs)
+        group.attrs.update(_group_attrs(layout, attrs))  # metadata last: without it, recognisably unfinished
         os.replace(path, final)
         return cls.open(final, mode="r+")
 
+    @classmethod
+    def restore_metadata(cls, path: str | Path, layout: Layout, attrs: dict) -> list[str]:
+        """Rewrite a store's unreadable metadata files (zarr.json) as `create` wrote them, where the
+        store is provably the one `attrs` describe (the identity hash and teacher fingerprint in its
+        group metadata, or in its commit records' group where that is what was lost). The chunks
+        are left alone, for verification to judge. Returns what was rewritten."""
+        path = Path(path)
+        broken = [n for n in ["", *layout.arrays(), RECORDS] if not _metadata_readable(path / n / "zarr.json")]
+        if not broken:
+            return []
+        if not _made_from(path, attrs):
+            raise StoreError(f"{path}: metadata unreadable ({', '.join(n or 'group' for n in broken)}) and nothing "
+                             f"left in it proves it holds this dataset; regenerate it with --overwrite")
+        fresh = creating_path(path)
+        shutil.rmtree(fresh, ignore_errors=True)
+        try:
+            group = _zarr().open_group(str(fresh), mode="w-")
+            _create_arrays(group, layout, attrs)
+            group.attrs.update(_group_attrs(layout, attrs))
+            for name in broken:
+                (path / name).mkdir(parents=True, exist_ok=True)
+                replace_file(path / name / "zarr.json", (fresh / name / "zarr.json").read_bytes())
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
+        return [n or "group" for n in broken]
+
     def array(self, name: str):
-        if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+        if name not in self._arrays:  # every chunk gets a file, fill values too: a missing file is damage
+            self._arrays[name] = self.group[name].with_config({"write_empty_chunks": True})
         return self._arrays[name]
+
+    # --- identity ---
+    def differences(self, spec, dataset: str, made_by: dict | None = None) -> list[str]:
+        """Why this store is not the one `spec` would generate for `dataset` ([] if it is): the
+        dataset's and the teacher's spec, their differing keys listed; with `made_by` (the `teacher`
+        and `sampler` records generation would write, see `generate.store_attrs`), also the
+        teacher's weights, and its device where the sampler's samples depend on it."""
+        from kdcore.spec import spec_hash
+
+        identity = spec.dataset_identity(dataset)
+        problems = []
+        if self.attrs.get("identity_hash") != spec_hash(identity):
+            problems += _changed_keys(self.attrs.get("identity", {}), identity) or ["its recorded spec differs"]
+        if made_by is None:
+            return problems
+        old, new = self.attrs.get("teacher", {}), made_by["teacher"]
+        if made_by["sampler"]["deterministic"] == "device" and old.get("device") != new["device"]:
+            # its samples depend on the teacher's numerics: mixing devices would mix two datasets
+            problems.append(f"teacher device: {old.get('device')} -> {new['device']} "
+                            f"(sampler '{made_by['sampler']['name']}' is deterministic per device)")
+        if old.get("fingerprint") != new["fingerprint"]:
+            problems.append(f"teacher fingerprint: {old.get('fingerprint')} -> {new['fingerprint']}")
+        return problems
 
     # --- progress ---
     def committed(self) -> np.ndarray:
         """One flag per block. A flag that cannot be read (a write cut short) counts as not committed."""
         flags = self.array("committed")
+        self.unreadable_flags = []
         try:
-            return np.asarray(flags[:], dtype=bool)
+            return np.asarray(flags[:]) == 1
         except Exception:
             out = np.zeros(self.layout.num_blocks, dtype=bool)
-            self.unreadable_flags = []
             for b in range(self.layout.num_blocks):
                 try:
-                    out[b] = bool(flags[b])
+                    out[b] = flags[b] == 1
                 except Exception:
                     self.unreadable_flags.append(b)
             return out
@@ -190,11 +284,21 @@ class Store:
         return [b for b in range(self.layout.num_blocks) if b % world == rank and not done[b]]
 
     def write_block(self, b: int, data: dict[str, np.ndarray]) -> None:
+        """Block b of every array, then its commit record, then its commit flag."""
         lo, hi = self.layout.block_range(b)
+        arrays = self.layout.arrays()
         for name, value in data.items():
             if value.shape[0] != hi - lo:
                 raise ValueError(f"block {b}: {name} has {value.shape[0]} rows, expected {hi - lo}")
+        record = {}
+        for name, value in data.items():
+            value = np.ascontiguousarray(value, dtype=arrays[name][2])  # checksummed as stored
             self.array(name)[lo:hi] = value
+            record[name] = {"crc32c": checksum(value), "file_bytes": self._chunk_path(name, b).stat().st_size}
+            if name in UNCOMPRESSED:  # rows read alone (`read_rows`) are checked alone
+                record[name]["row_crc32c"] = [checksum(row) for row in value]
+        replace_file(self._record_path(b), json.dumps({"block": b, "arrays": record}).encode())
+        self._records[b] = record
         self.array("committed")[b] = 1  # last: the block counts only once all of it is on disk
 
     def mark_complete(self) -> None:
@@ -207,285 +311,215 @@ class Store:
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
 
+    # --- integrity ---
+    def damage(self, deep: bool = False) -> dict[int, list[str]]:
+        """Committed blocks that are not intact, with what is wrong: an unreadable commit flag or
+        record, a chunk file missing or of another size than recorded (a stat per file), a block
+        missing from a complete store; with deep=True also every block's content, read and
+        checked against its checksums (reads the whole store)."""
+        done = self.committed()
+        out = defaultdict(list)
+        for b in self.unreadable_flags:
+            out[b].append("commit flag unreadable")
+        if self.complete:
+            for b in np.flatnonzero(~done):
+                out[int(b)] = out[int(b)] or ["not committed, in a store marked complete"]
+        for b in np.flatnonzero(done).tolist():
+            problems = self._file_problems(b)
+            if deep and not problems:
+                problems = self._content_problems(b)
+            if problems:
+                out[b] += problems
+        return dict(sorted(out.items()))
+
+    def require_intact(self) -> None:
+        """StoreDamaged naming every block `damage()` finds (stat only: cheap before training)."""
+        damage = self.damage()
+        if damage:
+            raise StoreDamaged.of(self.path, damage)
+
+    def uncommit(self, blocks: list[int]) -> None:
+        """Forget blocks (the next run regenerates them): the store is no longer complete."""
+        if blocks and self.complete:
+            self.group.attrs["complete"] = False
+            self.attrs["complete"] = False
+        for b in blocks:
+            self.array("committed")[b] = 0
+            self._record_path(b).unlink(missing_ok=True)
+            self._records.pop(b, None)
+
+    def _file_problems(self, b: int) -> list[str]:
+        try:
+            record = self._record(b)
+        except StoreDamaged as e:
+            return e.damage[b]
+        problems = []
+        for name in self.layout.data_arrays():
+            if name not in record:
+                problems.append(f"{name}: not in the commit record (never written)")
+                continue
+            try:
+                size = self._chunk_path(name, b).stat().st_size
+            except FileNotFoundError:
+                problems.append(f"{name}: chunk file missing")
+                continue
+            if size != record[name]["file_bytes"]:
+                problems.append(f"{name}: chunk file is {size} bytes, its commit record says {record[name]['file_bytes']}")
+        return problems
+
+    def _content_problems(self, b: int) -> list[str]:
+        problems = []
+        for name in self.layout.data_arrays():
+            try:
+                self.read_block(b, [name])
+            except StoreDamaged as e:
+                problems += e.damage[b]
+        return problems
+
+    def _record(self, b: int) -> dict:
+        """Block b's commit record: for each array, its checksum and its chunk file's size."""
+        if b not in self._records:
+            try:
+                record = json.loads(self._record_path(b).read_bytes())
+                arrays = record["arrays"]
+                for entry in arrays.values():
+                    int(entry["crc32c"]), int(entry["file_bytes"])
+            except FileNotFoundError:
+                raise self._damaged(b, "commit record missing (not written yet, or lost)") from None
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise self._damaged(b, f"commit record unreadable ({type(e).__name__})") from None
+            if record.get("block") != b:
+                raise self._damaged(b, f"commit record is block {record.get('block')}'s")
+            self._records[b] = arrays
+        return self._records[b]
+
+    def _damaged(self, b: int, reason: str) -> StoreDamaged:
+        return StoreDamaged.of(self.path, {b: [reason]})
+
     # --- reading ---
     def read_block(self, b: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Block b of each array. Chunks of the kinds this store writes are read from their files
-        directly (`_ChunkFiles`); anything else, or anything unexpected in a file, goes through zarr."""
+        """Block b of each array, checked against its commit record (StoreDamaged if it differs)."""
         lo, hi = self.layout.block_range(b)
-        names = names or [n for n in self.layout.arrays() if n != "committed"]
+        record = self._record(b)
         out = {}
-        for n in names:
-            direct = self._chunk_files(n)
-            block = direct.read(b, hi - lo) if direct is not None else None
-            out[n] = block if block is not None else np.asarray(self.array(n)[lo:hi])
+        for n in names or self.layout.data_arrays():
+            if n not in record:
+                raise self._damaged(b, f"{n}: not in the commit record (never written)")
+            try:
+                out[n] = self._reader(n).read(b, lo, hi)
+            except ChunkError as e:
+                raise self._damaged(b, f"{n}: {e}") from None
+            if checksum(out[n]) != record[n]["crc32c"]:
+                raise self._damaged(b, f"{n}: checksum mismatch (the data is not what was written)")
         return out
 
-    def by_row(self, name: str) -> bool:
-        """Whether `read_rows` can read array `name`: its chunk files are read directly and raw."""
-        direct = self._chunk_files(name)
-        return direct is not None and direct.raw
+    def rows_readable(self, name: str) -> bool:
+        """Whether `read_rows` can read single rows of array `name` without the rest of their block."""
+        return self._reader(name).rows_readable
 
-    def read_rows(self, name: str, b: int, local: np.ndarray, out: np.ndarray) -> bool:
-        """Rows `local` (sorted, counted from the block's start) of block b of array `name` into `out`,
-        from a raw chunk file; False where that cannot be done (the caller reads the block instead)."""
-        return self.by_row(name) and self._chunk_files(name).read_rows(b, local, out)
-
-    def _chunk_files(self, name: str) -> "_ChunkFiles | None":
-        if name not in self._chunks:
-            self._chunks[name] = _ChunkFiles.of(self.path / name, self.layout.block_rows)
-        return self._chunks[name]
+    def read_rows(self, name: str, b: int, local: np.ndarray, out: np.ndarray) -> None:
+        """Rows `local` (sorted, counted from the block's start) of block b of array `name` into
+        `out`, each row checked against the commit record. Only where `rows_readable(name)`."""
+        record = self._record(b).get(name, {})
+        try:
+            self._reader(name).read_rows(b, local, out)
+        except ChunkError as e:
+            raise self._damaged(b, f"{name}: {e}") from None
+        expected = record.get("row_crc32c")
+        for row, i in zip(out, local.tolist()):
+            if expected is None or i >= len(expected) or checksum(row) != expected[i]:
+                raise self._damaged(b, f"{name}: checksum mismatch in row {i} (the data is not what was written)")
 
     def prefetch(self, b: int, names: list[str]) -> None:
-        """Ask the OS to start reading block b's chunk files into its page cache (posix_fadvise
-        WILLNEED) and return: a later `read_block` then copies from memory instead of waiting on the
-        disk. Not for raw chunks read by direct I/O, which skips the page cache. Only a hint: nothing
-        happens where the OS or the layout does not support it."""
-        if not hasattr(os, "posix_fadvise"):
-            return
+        """Ask the OS to start reading block b's chunk files ahead of `read_block` (a hint)."""
         for n in names:
-            direct = self._chunk_files(n)
-            if direct is None or direct.direct:  # direct I/O reads skip the page cache: no use filling it
-                continue
-            try:
-                fd = os.open(direct.path(b), os.O_RDONLY)
-            except OSError:  # not written (all fill values) or gone: the read will tell
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            self._reader(n).prefetch(b)
+
+    def _reader(self, name: str) -> ArrayReader:
+        if name not in self._readers:
+            self._readers[name] = ArrayReader(self.path / name, self.layout.block_rows, lambda: self.array(name))
+        return self._readers[name]
+
+    # --- files ---
+    def _chunk_path(self, name: str, b: int) -> Path:
+        ndim = len(self.layout.arrays()[name][0])
+        return self.path.joinpath(name, "c", str(b), *["0"] * (ndim - 1))  # zarr's default chunk keys
+
+    def _record_path(self, b: int) -> Path:
+        return self.path / RECORDS / f"{b}.json"
+
+    def leftovers(self) -> list[Path]:
+        """Temporary files of writes a kill cut short (zarr's `*.partial`, ours `*.tmp`)."""
+        return [p for p in self.path.rglob("*") if p.is_file() and (p.suffix in (".partial", ".tmp"))]
+
+    def remove_leftovers(self) -> int:
+        """Delete `leftovers()` (only while no writer runs: the caller holds the store's lock)."""
+        found = self.leftovers()
+        for p in found:
+            p.unlink(missing_ok=True)
+        return len(found)
 
     def bytes_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        left = set(self.leftovers())
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and p not in left)
 
 
-class _ChunkFiles:
-    """Block reads straight from an array's chunk files, following the Zarr v3 spec (chunk key
-    encoding, `bytes` and `zstd` codecs) for the one layout this store writes: a regular grid whose
-    chunk is a whole block (`block_rows` rows, every other dimension whole).
-
-    zarr's reader costs ~0.8 ms of fixed overhead per call (its event loop) and ~2.2 ms for a raw
-    100 x 32000 float16 chunk. A trainer reads every block of every array once per epoch, beside the
-    student's step, on the same cores, so reads here are made cheap in CPU (`read`, `read_rows`).
-    `of` returns None for metadata it does not recognise, and the reads return None / False for a
-    chunk file they cannot vouch for (a wrong size, a failed decode): the caller then reads through
-    zarr, which reports the problem. A missing chunk file is a chunk zarr did not write because every
-    value was the fill value."""
-
-    def __init__(self, folder: Path, key: str, dtype: np.dtype, chunk: tuple, fill, zstd: bool):
-        self.folder, self.key, self.dtype, self.chunk, self.fill = folder, key, dtype, chunk, fill
-        self.decompress = None
-        if zstd:
-            from numcodecs.zstd import Zstd  # zarr's own zstd codec
-
-            self.decompress = Zstd().decode
-        self.nbytes = int(np.prod(chunk, dtype=np.int64)) * dtype.itemsize
-        # direct I/O for raw chunks, where the file system takes it (not tmpfs, for one)
-        self.direct = self.raw and _takes_direct_io(folder / "zarr.json")
-
-    @property
-    def raw(self) -> bool:
-        """Stored without compression: each row is one contiguous run of the file's bytes."""
-        return self.decompress is None
-
-    @classmethod
-    def of(cls, folder: Path, block_rows: int) -> "_ChunkFiles | None":
-        try:
-            meta = json.loads((folder / "zarr.json").read_text())
-            shape, dtype = tuple(meta["shape"]), np.dtype(meta["data_type"])
-            chunk = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
-            keys, codecs = meta["chunk_key_encoding"], [c["name"] for c in meta["codecs"]]
-            endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            return None
-        separator = keys.get("configuration", {}).get("separator", "/")
-        if (meta.get("zarr_format") != 3 or meta["chunk_grid"].get("name") != "regular"
-                or chunk != (block_rows, *shape[1:]) or keys.get("name") != "default"
-                or separator not in ("/", ".") or codecs not in (["bytes"], ["bytes", "zstd"])
-                or endian != "little" or meta.get("storage_transformers") or dtype.kind not in "fiub"
-                or not isinstance(meta.get("fill_value"), (int, float))):
-            return None
-        key = separator.join(["c", "{}", *["0"] * (len(shape) - 1)])
-        return cls(folder, key, dtype.newbyteorder("<"), chunk, meta["fill_value"], codecs[-1] == "zstd")
-
-    def path(self, b: int) -> Path:
-        return self.folder / self.key.format(b)
-
-    def read(self, b: int, rows: int) -> np.ndarray | None:
-        try:
-            if self.decompress is not None:
-                with open(self.path(b), "rb", buffering=0) as f:
-                    data = np.frombuffer(self.decompress(f.read()), np.uint8)
-                if data.nbytes != self.nbytes:
-                    return None
-                out = data.view(self.dtype).reshape(self.chunk).copy()
-            else:
-                raw = self._read_raw(b)
-                if raw is None:
-                    return None
-                out = raw.view(self.dtype).reshape(self.chunk)
-        except FileNotFoundError:
-            return np.full((rows, *self.chunk[1:]), self.fill, self.dtype)
-        except Exception:  # unreadable or undecodable: zarr will say what is wrong
-            return None
-        return out[:rows]
-
-    def _read_raw(self, b: int) -> np.ndarray | None:
-        """A raw chunk's bytes: copied from the page cache if all of them are there, else read from
-        the disk by direct I/O, which costs ~0.4 ms of CPU for a 6.4 MB chunk here against ~2 ms the
-        page cache's way (the OS fetching it, then copying it out; files evicted before each)."""
-        buf = _aligned_buffer(self.nbytes)
-        with open(self.path(b), "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size != self.nbytes:
-                return None
-            view = memoryview(buf)[: self.nbytes]
-            if self.direct and not _in_page_cache(f.fileno(), self.nbytes):
-                got = self._read_direct(b, buf)
-                if got is not None:
-                    return buf[: self.nbytes] if got == self.nbytes else None
-            return buf[: self.nbytes] if f.readinto(view) == self.nbytes else None
-
-    def _read_direct(self, b: int, buf: np.ndarray) -> int | None:
-        """Bytes read with O_DIRECT into `buf` (page-aligned, a whole number of pages long); None,
-        and no direct I/O from then on, where the file system refuses it."""
-        try:
-            fd = os.open(self.path(b), os.O_RDONLY | os.O_DIRECT)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            self.direct = False
-            return None
-        try:
-            return os.preadv(fd, [memoryview(buf)], 0)
-        except OSError:
-            self.direct = False
-            return None
-        finally:
-            os.close(fd)
-
-    def read_rows(self, b: int, local: np.ndarray, out: np.ndarray) -> bool:
-        """Rows `local` (sorted, counted from the block's start) of raw block b into `out`, one
-        pread per run of adjacent rows, through the page cache. For a batch whose blocks are not
-        read yet (an epoch's first): its rows are ~1/16 of its shuffle group's bytes. False for a
-        chunk file of the wrong size or a short read."""
-        row = self.nbytes // self.chunk[0]
-        try:
-            fd = os.open(self.path(b), os.O_RDONLY)
-        except FileNotFoundError:  # never written: every value is the fill value
-            out[...] = self.fill
-            return True
-        except OSError:
-            return False
-        try:
-            if os.fstat(fd).st_size != self.nbytes or out.dtype != self.dtype or not out.flags.c_contiguous:
-                return False
-            dest = memoryview(out.reshape(-1).view(np.uint8))
-            i, n = 0, len(local)
-            while i < n:
-                j = i + 1
-                while j < n and local[j] == local[j - 1] + 1:
-                    j += 1
-                if os.preadv(fd, [dest[i * row : j * row]], int(local[i]) * row) != (j - i) * row:
-                    return False
-                i = j
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-        return True
+def creating_path(path: Path) -> Path:
+    """Where a store is built before it is renamed into place (`.<name>.creating<pid>` beside it)."""
+    return path.with_name(f".{path.name}.creating{os.getpid()}")
 
 
-def _takes_direct_io(path: Path) -> bool:
-    if not hasattr(os, "O_DIRECT") or _libc() is None:
-        return False
+def replace_file(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: a temporary file beside it, then a rename."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _create_arrays(group, layout: Layout, attrs: dict) -> None:
+    for name, (shape, chunks, dtype) in layout.arrays().items():
+        codec = {"compressors": None} if name in UNCOMPRESSED else {}
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **codec)
+    group.create_group(RECORDS).attrs.update({
+        "llamakd_format": FORMAT_VERSION, "identity_hash": attrs.get("identity_hash"),
+        "teacher_fingerprint": attrs.get("teacher", {}).get("fingerprint")})
+
+
+def _group_attrs(layout: Layout, attrs: dict) -> dict:
+    return {**attrs, "layout": layout.__dict__, "complete": False,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "format_version": FORMAT_VERSION}
+
+
+def _metadata_readable(path: Path) -> bool:
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
-    except OSError:
+        meta = json.loads(path.read_text())
+        return isinstance(meta, dict) and meta.get("zarr_format") == 3
+    except (OSError, ValueError):
         return False
-    return True
 
 
-def drop_from_page_cache(path: Path) -> None:
-    """Drop a directory's files from the OS's page cache (posix_fadvise DONTNEED), so the next read
-    comes from the disk: for benchmarks and tests of cold reads. Only these files: dropping the whole
-    cache also evicts torch's own libraries, whose re-reading lands in whatever runs next."""
-    os.sync()
-    for f in Path(path).rglob("*"):
-        if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
-def _libc():
-    """libc's mmap/mincore/munmap through ctypes (Linux), or None."""
-    global _LIBC
-    if _LIBC is False:
+def _made_from(path: Path, attrs: dict) -> bool:
+    """Whether the store at `path` records the identity and teacher of `attrs` (in its group
+    metadata, else in its commit records' group)."""
+    want = (attrs.get("identity_hash"), attrs.get("teacher", {}).get("fingerprint"))
+    for meta in (path / "zarr.json", path / RECORDS / "zarr.json"):
         try:
-            import ctypes
-            import ctypes.util
-
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [
-                ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-            _LIBC = libc if sys.platform.startswith("linux") else None
-        except (OSError, AttributeError):
-            _LIBC = None
-    return _LIBC
+            got = json.loads(meta.read_text())["attributes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        teacher = got.get("teacher", {}).get("fingerprint") if "teacher" in got else got.get("teacher_fingerprint")
+        return (got.get("identity_hash"), teacher) == want
+    return False
 
 
-_LIBC = False
-
-
-def _in_page_cache(fd: int, nbytes: int) -> bool:
-    """Whether the file's first, middle and last pages are in the page cache (a file read whole is
-    there whole, and one evicted, gone whole). mincore on a mapping that is never touched: ~20 us;
-    over every page of a 6.4 MB chunk it took ~0.25 ms, and a read with RWF_NOWAIT, which would
-    say so too, started the OS's read-ahead first: ~1.7 ms of CPU for a chunk that was not there."""
-    import ctypes
-    import mmap
-
-    libc = _libc()
-    addr = libc.mmap(None, nbytes, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    if addr in (None, -1, 2**64 - 1):
-        return False
-    try:
-        vec = ctypes.create_string_buffer(1)
-        last = (nbytes - 1) // mmap.PAGESIZE
-        for page in {0, last // 2, last}:
-            if libc.mincore(addr + page * mmap.PAGESIZE, 1, vec) != 0 or not vec.raw[0] & 1:
-                return False
-        return True
-    finally:
-        libc.munmap(addr, nbytes)
-
-
-def _aligned_buffer(nbytes: int) -> np.ndarray:
-    """Writable memory starting on a page boundary, a whole number of pages long (what direct I/O
-    asks for). The alignment matters for buffered reads too: a large numpy array starts 16 bytes past
-    a page boundary, and the kernel copied a cached 6.4 MB chunk into it 5x slower (4.3 vs 0.84 ms
-    on this machine's AMD EPYC; 1.1 ms at 2048 bytes past), a penalty for a destination just past
-    its source (the file's data starts on a page) modulo 4 KiB."""
-    size = -(-nbytes // 4096) * 4096
-    raw = np.empty(size + 4096, np.uint8)
-    start = (-raw.ctypes.data) % 4096
-    return raw[start : start + size]
-
-
-def describe_difference(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Keys whose values differ between two nested dicts, as 'a.b: old -> new'."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         loc = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(describe_difference(a, b, loc))
+            out.extend(_changed_keys(a, b, loc))
         elif a != b:
             out.append(f"{loc}: {json.dumps(a)} -> {json.dumps(b)}")
     return out

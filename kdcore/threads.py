@@ -2,11 +2,10 @@
 
 Sampling the next batch, reading the store and writing blocks happen in `background` threads at the
 OS's idle priority (Linux SCHED_IDLE): they run on the cores the main thread's compute leaves idle
-(Python between ops, waits on an accelerator) and yield the moment it needs them back. Measured on a
-2-core CPU with SmolLM2: sampling in an ordinary second thread cost the forward 10% (its OpenMP
-threads lost their cores); at idle priority, ~0% (bench/generation.py). Where the main work keeps
-every core busy, a helper runs when the main thread waits for it: the work is then done in turn,
-never slower than that.
+(Python between ops, waits on an accelerator) and yield the moment it needs them back, where an
+ordinary thread would take cores from the main thread's OpenMP threads (figures: docs/DESIGN.md,
+"Helper threads"). Where the main work keeps every core busy, a helper runs when the main thread
+waits for it: the work is then done in turn, never slower than that.
 
 The catch: other processes that keep every core busy (a build, another job) leave an idle-priority
 helper almost nothing, and the main thread then waits on it. On such a shared machine set
@@ -55,7 +54,7 @@ def background(name: str, idle: bool = True) -> ThreadPoolExecutor:
 def spread(fn: Callable[[int], None], n: int) -> None:
     """fn(0), ..., fn(n-1), spread over torch's intra-op thread count. For independent rows (each
     sample draws from its own generator, so the result is the same as in order): torch's RNG holds
-    no GIL, and two threads halve a batch's draw here. Called from a background helper, the threads
+    no GIL, so the draw scales with the threads. Called from a background helper, the threads
     run at idle priority too (on a CPU teacher they fill its gaps; beside an accelerator, whose host
     thread mostly waits, they get every core). In order in a DataLoader worker (one thread) or
     inside `spread` itself."""

@@ -222,6 +222,7 @@ class Trainer:
             raise KDError(f"{e}\n(run `kd generate {self.spec.source}` first)") from None
         if not store.complete:
             raise KDError(f"{store.path} is incomplete; run `kd generate {self.spec.source}` first")
+        store.require_intact()  # a stat per chunk file; every read is checked against its checksum too
         if store.attrs.get("identity_hash") != spec_hash(self.spec.dataset_identity(dataset)):
             raise KDError(f"{store.path} was generated from a different datasets.{dataset} or teacher than "
                           f"{self.spec.source} has now; run `kd generate --overwrite {self.spec.source}`")

@@ -124,13 +124,13 @@ def test_batches_from_rows_from_cached_blocks_and_in_a_worker_agree(which, seed_
         rows = np.sort(plan[k])
         fresh = StoreBatches(store.path, plan, 6, make, spec.datasets["noise"].seed)
         by_rows = fresh[k]
-        assert fresh._cache and not any(is_raw for _, is_raw in fresh._cache)  # raw rows were read alone
+        assert fresh.rows.cache.keys() and not any(is_raw for _, is_raw in fresh.rows.cache.keys())  # raw rows were read alone
         warmed = StoreBatches(store.path, plan, 6, make, spec.datasets["noise"].seed)
         warmed.warm(k)
-        assert {b for b, is_raw in warmed._cache if is_raw} == set((rows // store.layout.block_rows).tolist())
+        assert {b for b, is_raw in warmed.rows.cache.keys() if is_raw} == set((rows // store.layout.block_rows).tolist())
         from_blocks = warmed[k]
         copied = copy.deepcopy(warmed)  # through __getstate__, as pickling for a spawned worker
-        assert not copied._cache and copied._store is None
+        assert copied._rows is None and copied._store is None
         for batch in (by_rows, from_blocks, copied[k]):
             for name in raw:
                 got = batch.inputs.soft if name == "inputs" else batch.targets.logits

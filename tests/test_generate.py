@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,6 +241,99 @@ def test_different_teacher_is_refused(tiny_spec, write_spec):
 
     with pytest.raises(StoreError, match="teacher"):
         gen(write_spec(other, "other.toml"))
+
+
+def test_overwrite_never_deletes_what_is_not_a_store(tiny_spec, write_spec, tmp_path):
+    """A folder at store_dir/<dataset> that the tool cannot prove is a LlamaKD store (a thesis, say)
+    is refused, --overwrite or not, with nothing deleted; an empty folder is simply used."""
+    (tmp_path / "store" / "noise").mkdir(parents=True)
+    (tmp_path / "store" / "noise" / "thesis.tex").write_text("x")
+    path = write_spec(tiny_spec)
+    for args in (["generate", path], ["generate", "--overwrite", path]):
+        r = kd(*args, cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
+        assert "not a LlamaKD store" in r.stderr and "nothing was changed" in " ".join(r.stderr.split())
+        assert (tmp_path / "store" / "noise" / "thesis.tex").read_text() == "x"
+    (tmp_path / "store" / "noise" / "thesis.tex").unlink()
+    assert gen(path).complete
+
+
+def test_a_store_of_the_old_format_is_refused_and_may_be_overwritten(tiny_spec, write_spec, tmp_path):
+    """Format 1 had no checksums: it is refused with what to do, and is provably a LlamaKD store,
+    so --overwrite replaces it."""
+    path = write_spec(tiny_spec)
+    store = gen(path)
+    meta = store.path / "zarr.json"
+    data = json.loads(meta.read_text())
+    data["attributes"]["format_version"] = 1
+    meta.write_text(json.dumps(data))
+    shutil.rmtree(store.path / "commits")  # format 1 had none
+    r = kd("train", path, cwd=tmp_path)
+    assert r.returncode == 1 and "format 1" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    r = kd("generate", path, cwd=tmp_path)
+    assert r.returncode == 1 and "format 1" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    r = kd("generate", "--overwrite", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Store.open(store.path).attrs["format_version"] == FORMAT_VERSION
+
+
+def test_two_generates_on_one_store_the_second_names_the_first(tiny_spec, write_spec, tmp_path):
+    """One writer per store: a second `kd generate` stops at once, naming the process that holds
+    the store (pid and host), and changes nothing; once the first ends, the lock is free."""
+    from kdcore.locks import hold
+
+    path = write_spec(tiny_spec)
+    store = tmp_path / "store" / "noise"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdcore.locks import hold\n"
+                               f"with hold({str(store)!r}, 'store'):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = kd("generate", path, cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        msg = " ".join(r.stderr.split())
+        assert f"pid {holder.pid}" in msg and "in use by another process" in msg and str(store) in msg.replace(" ", "")
+        assert not store.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert gen(path).complete  # the dead holder's lock went with it
+    with hold(store, "store"):  # and the finished run released its own
+        pass
+
+
+def test_leftovers_of_a_kill_are_not_counted_and_are_removed(tiny_spec, write_spec, tmp_path):
+    """zarr writes a chunk to `*.partial` and renames it: a kill leaves the temporary file. It is
+    not part of the store's size, inspect says so, and the next `kd generate` removes it."""
+    from kdcore.inspect import inspect_store
+
+    path = write_spec(tiny_spec)
+    store = gen(path)
+    size = store.bytes_on_disk()
+    junk = store.path / "logits" / "c" / "2" / "0.1234abcd.partial"
+    junk.write_bytes(b"\0" * 5000)
+    rep = inspect_store(store.path)
+    assert rep["bytes_on_disk"] == size and rep["leftover_files"] == {"count": 1, "bytes": 5000}
+    r = kd("generate", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not junk.exists() and Store.open(store.path).bytes_on_disk() == size
+
+
+def test_plain_resume_regenerates_blocks_whose_files_are_missing(tiny_spec, write_spec, tmp_path):
+    """A resume checks the committed blocks' chunk files (a stat each) and regenerates exactly
+    the blocks whose files are gone or cut short: the same arrays as before."""
+    path = write_spec(tiny_spec)
+    store = gen(path)
+    before = arrays(store.path)
+    (store.path / "logits" / "c" / "3" / "0").unlink()
+    f = store.path / "length" / "c" / "1"
+    f.write_bytes(f.read_bytes()[:5])
+    r = kd("generate", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "damaged blocks 1, 3" in r.stderr and "regenerating them" in r.stderr
+    after = arrays(store.path)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert Store.open(store.path).complete
 
 
 def test_batch_size_change_resumes_the_same_store(tiny_spec, write_spec):

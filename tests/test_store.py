@@ -14,7 +14,6 @@ import pytest
 from kdcore.errors import StoreError
 from kdcore.inspect import inspect_store
 from kdcore.store import Layout, Store
-from kdcore.store import drop_from_page_cache as evict
 
 
 def layout(**kw) -> Layout:
@@ -92,165 +91,6 @@ def test_short_last_block_and_topk_dtypes(tmp_path):
     assert arrays["topk_indices"][2] == "int32" and arrays["topk_values"][0] == (25, 8, 4)
     assert layout(vocab_size=65536, logits="topk").arrays()["topk_indices"][2] == "uint16"
     assert lay.bytes_per_sample() < lay.original_bytes_per_sample() / 100
-
-
-def full_block(lay: Layout, b: int) -> dict[str, np.ndarray]:
-    """Block b of every array in `lay` (random values of each array's dtype)."""
-    lo, hi = lay.block_range(b)
-    rng = np.random.default_rng(b)
-    out = {}
-    for name, (shape, _, dtype) in lay.arrays().items():
-        if name != "committed":
-            size = (hi - lo, *shape[1:])
-            out[name] = (rng.normal(size=size) if np.dtype(dtype).kind == "f" else rng.integers(0, 60, size)).astype(dtype)
-    return out
-
-
-def zarr_block(store: Store, b: int) -> dict[str, np.ndarray]:
-    lo, hi = store.layout.block_range(b)
-    return {n: np.asarray(store.array(n)[lo:hi]) for n in store.layout.arrays() if n != "committed"}
-
-
-@pytest.mark.parametrize("kw", [dict(inputs="dense"), dict(produces="ids", logits="topk", positions="all"),
-                                dict(logits="topk", vocab_size=70000)], ids=["dense", "ids-topk-all", "topk-int32"])
-def test_blocks_read_from_chunk_files_equal_zarr_reads(tmp_path, kw):
-    """read_block reads the chunk files itself (the Zarr v3 spec's keys and codecs), ~3x faster than
-    zarr per block; it must return exactly what zarr returns, short last block included."""
-    from kdcore.store import _ChunkFiles
-
-    lay = layout(num_samples=25, **kw)
-    store = Store.create(tmp_path / "s", lay, {"name": "s"})
-    for b in range(lay.num_blocks):
-        store.write_block(b, full_block(lay, b))
-    store = Store.open(tmp_path / "s")
-    for name in set(lay.arrays()) - {"committed"}:  # flags have a chunk per block, read by zarr
-        assert _ChunkFiles.of(store.path / name, lay.block_rows) is not None, name  # the direct path is taken
-    for b in range(lay.num_blocks):
-        direct, expected = store.read_block(b), zarr_block(store, b)
-        assert direct.keys() == expected.keys()
-        for name, value in expected.items():
-            assert direct[name].dtype == value.dtype and direct[name].shape == value.shape, name
-            assert np.array_equal(direct[name], value), name
-            assert direct[name].flags.writeable
-        store.prefetch(b, list(expected))  # a hint: nothing to check but that it is harmless
-
-
-def cached(path: Path) -> bool:
-    from kdcore.store import _in_page_cache
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _in_page_cache(fd, path.stat().st_size)
-    finally:
-        os.close(fd)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="direct I/O and mincore as on Linux")
-def test_raw_chunks_read_from_the_page_cache_or_by_direct_io(tmp_path):
-    """A raw chunk in the page cache is copied from it; one that is not is read by direct I/O, which
-    leaves the page cache as it was (the OS's way would have filled it, at ~5x the CPU). Both read
-    what zarr reads; where the file system refuses direct I/O, the ordinary read does."""
-    import errno
-
-    lay = layout(num_samples=25, inputs="dense")
-    store = Store.create(tmp_path / "s", lay, {"name": "s"})
-    for b in range(lay.num_blocks):
-        store.write_block(b, full_block(lay, b))
-    store = Store.open(tmp_path / "s")
-    chunk = tmp_path / "s" / "logits" / "c" / "1" / "0"
-    assert store._chunk_files("logits").direct and not store._chunk_files("length").direct
-    expected = zarr_block(store, 1)
-    chunk.read_bytes()
-    assert cached(chunk)
-    assert np.array_equal(store.read_block(1, ["logits"])["logits"], expected["logits"])
-    evict(tmp_path / "s")
-    assert not cached(chunk)
-    for _ in range(2):
-        got = store.read_block(1, ["logits", "inputs"])
-        assert all(np.array_equal(got[n], expected[n]) for n in got)
-        assert not cached(chunk)  # direct I/O: the page cache was not filled
-    store.prefetch(1, ["logits", "length"])  # raw chunks read directly are not hinted either
-    assert not cached(chunk)
-
-    real_open = os.open
-
-    def no_direct_io(path, flags, *args, **kw):
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument", str(path))
-        return real_open(path, flags, *args, **kw)
-
-    for fresh in (True, False):  # refused when the store is opened, or at the first read
-        evict(tmp_path / "s")
-        other = Store.open(tmp_path / "s") if not fresh else None
-        if other is not None:
-            assert other._chunk_files("logits").direct
-        os.open = no_direct_io
-        try:
-            other = other or Store.open(tmp_path / "s")
-            got = other.read_block(2, ["logits"])
-            assert not other._chunk_files("logits").direct
-        finally:
-            os.open = real_open
-        assert np.array_equal(got["logits"], zarr_block(other, 2)["logits"])
-
-
-def test_rows_read_from_raw_chunk_files_equal_zarr_rows(tmp_path):
-    """read_rows copies single rows (runs of adjacent rows in one read) straight into a batch:
-    the rows zarr holds, from full and short blocks; a never-written chunk gives fill values; a
-    chunk file of the wrong size or a compressed array is refused (False), for the block path."""
-    lay = layout(num_samples=25, inputs="dense")
-    store = Store.create(tmp_path / "s", lay, {"name": "s"})
-    for b in range(lay.num_blocks):
-        if b != 1:
-            store.write_block(b, full_block(lay, b))
-    store = Store.open(tmp_path / "s")
-    for b, local in ((0, [0, 1, 2, 7, 9]), (2, [1, 3, 4]), (1, [0, 5])):
-        expected = zarr_block(store, b)
-        for name in ("logits", "inputs"):
-            out = np.full((len(local), *expected[name].shape[1:]), 7, np.float16)
-            assert store.read_rows(name, b, np.array(local), out), name
-            assert np.array_equal(out, expected[name][local]), (name, b)
-    assert not store.read_rows("length", 0, np.array([0]), np.zeros(1, np.int32))  # compressed
-    chunk = tmp_path / "s" / "logits" / "c" / "0" / "0"
-    chunk.write_bytes(chunk.read_bytes()[:-2])
-    assert not store.read_rows("logits", 0, np.array([0]), np.zeros((1, lay.vocab_size), np.float16))
-
-
-def test_chunk_files_zarr_never_wrote_and_files_that_look_wrong(tmp_path):
-    """A chunk of fill values has no file (zarr skips it) and reads as the fill value; a chunk file
-    of the wrong size, or an array whose codecs the direct reader does not know, goes through zarr."""
-    import zarr
-
-    from kdcore.store import _ChunkFiles
-
-    lay = layout(num_samples=20)
-    store = Store.create(tmp_path / "s", lay, {"name": "s"})
-    zero = {**block(lay, 0), "logits": np.zeros((10, lay.vocab_size), np.float16)}
-    store.write_block(0, zero)
-    store.write_block(1, block(lay, 1))
-    assert not (tmp_path / "s" / "logits" / "c" / "0" / "0").exists()
-    got = Store.open(tmp_path / "s").read_block(0)
-    assert np.array_equal(got["logits"], zero["logits"]) and got["logits"].dtype == np.float16
-    assert np.array_equal(got["length"], zero["length"])
-    chunk = tmp_path / "s" / "logits" / "c" / "1" / "0"
-    reader = _ChunkFiles.of(tmp_path / "s" / "logits", lay.block_rows)
-    chunk.write_bytes(chunk.read_bytes()[:-2])
-    assert reader.read(1, 10) is None  # not vouched for: the caller asks zarr, which raises
-    with pytest.raises(Exception):
-        Store.open(tmp_path / "s").read_block(1, ["logits"])
-    chunk.write_bytes(chunk.read_bytes() + b"\0\0\0\0")
-    assert reader.read(1, 10) is None
-    good = json.loads((tmp_path / "s" / "logits" / "zarr.json").read_text())
-    for change in ({}, {"chunk_shape": [5, 32]}, {"codecs": [{"name": "bytes", "configuration": {"endian": "big"}}]},
-                   {"codecs": [{"name": "bytes"}, {"name": "crc32c"}]}, {"fill_value": "NaN"}):
-        meta = json.loads(json.dumps(good))
-        if "chunk_shape" in change:
-            meta["chunk_grid"]["configuration"]["chunk_shape"] = change["chunk_shape"]
-        else:
-            meta.update(change)
-        (tmp_path / "other").mkdir(exist_ok=True)
-        (tmp_path / "other" / "zarr.json").write_text(json.dumps(meta))
-        assert (_ChunkFiles.of(tmp_path / "other", 10) is None) == bool(change), change
 
 
 def test_open_refuses_what_is_not_a_store(tmp_path):
@@ -374,3 +214,55 @@ def test_inspect_truncated_chunk_is_reported(tmp_path, array):
 def test_inspect_missing_store(tmp_path):
     r = kd_inspect(tmp_path / "nope")
     assert r.returncode == 1 and "not a LlamaKD store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_inspect_a_path_that_does_not_exist_says_so(tmp_path):
+    r = kd_inspect(tmp_path / "nope")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "does not exist" in " ".join(r.stderr.split()) and "no zarr.json" not in r.stderr
+
+
+def test_inspect_topk_entropy_is_given_as_bounds(tmp_path):
+    """A top-k store keeps k probabilities and the logsumexp, not how the rest of the mass is
+    spread: for a near-uniform teacher (entropy ~ log V) the tail-as-one-token figure is far too
+    low. The report gives both bounds, says which is which, and the truth lies between them."""
+    V, k = 512, 4
+    lay = layout(logits="topk", topk=k, vocab_size=V, num_samples=20)
+    store = Store.create(tmp_path / "s", lay, {"name": "s"})
+    rng = np.random.default_rng(0)
+    truth = []
+    for b in range(2):
+        logits = rng.normal(scale=0.1, size=(10, V)).astype(np.float32)  # nearly uniform
+        idx = np.argsort(-logits, -1)[..., :k]
+        lse = np.log(np.exp(logits).sum(-1))
+        p = np.exp(logits - lse[:, None])
+        truth.append(-(p * np.log(p)).sum(-1))
+        store.write_block(b, {"seed": np.zeros(10, np.int64), "length": np.full(10, 3, np.int32),
+                              "topk_values": np.take_along_axis(logits, idx, -1).astype(np.float16),
+                              "topk_indices": idx.astype(np.uint16), "logsumexp": lse.astype(np.float32)})
+    store.mark_complete()
+    t = inspect_store(tmp_path / "s")["targets"]
+    true_mean = float(np.concatenate(truth).mean())
+    assert true_mean > 6  # log(512) = 6.24
+    assert not t["entropy_exact"]
+    assert t["entropy"]["mean"] < 1 < true_mean - 0.05 < t["entropy_upper"]["mean"] < true_mean + 0.05
+    r = kd_inspect(tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    line = " ".join(r.stdout.split())
+    assert "lower bound" in line and f"{t['entropy_upper']['mean']:.3f}" in line
+
+
+def test_inspect_names_damaged_blocks_and_skips_them(tmp_path):
+    """Every committed block is read and checked: a changed byte is named by block and array, and
+    the report's figures come from the intact blocks only."""
+    make_store(tmp_path / "s")
+    chunk = tmp_path / "s" / "logits" / "c" / "3" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[7] ^= 1
+    chunk.write_bytes(bytes(data))
+    rep = inspect_store(tmp_path / "s")
+    assert rep["damaged"] == {"3": ["logits: checksum mismatch (the data is not what was written)"]}
+    assert rep["targets"]["targets_read"] == 40
+    assert inspect_store(tmp_path / "s", verify=False)["damaged"] == {}  # a stat cannot see it
+    r = kd_inspect(tmp_path / "s")
+    assert r.returncode == 0 and "damaged" in r.stdout and "block 3: logits: checksum mismatch" in r.stdout

@@ -55,7 +55,6 @@ class Builder:
     def vocab_size(self) -> int:
         """From a store generated for this very spec (no teacher load, e.g. for `kd train`), else the teacher's."""
         from kdcore.errors import StoreError
-        from kdcore.spec import spec_hash
         from kdcore.store import Store
 
         for name in self.spec.datasets:
@@ -67,7 +66,7 @@ class Builder:
             except StoreError:
                 continue
             # a store of the same name made by another spec says nothing about this teacher
-            if store.attrs.get("identity_hash") == spec_hash(self.spec.dataset_identity(name)):
+            if not store.differences(self.spec, name):
                 return store.layout.vocab_size
         return self.teacher.vocab_size
 

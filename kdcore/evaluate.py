@@ -182,10 +182,14 @@ def score_text(ref: str, spec: Spec, teacher, predictors: dict, seq_len: int, po
 
 
 def evaluate(spec: Spec, builder: Builder | None = None) -> dict:
+    run = RunFolder(spec)
+    with run.lock():  # one writer per run folder: the report and metrics
+        return _evaluate(spec, builder or Builder(spec), run)
+
+
+def _evaluate(spec: Spec, builder: Builder, run: RunFolder) -> dict:
     from kdcore.train import student_seq_len
 
-    builder = builder or Builder(spec)
-    run = RunFolder(spec)
     student = trained_student(spec, run)
     builder.check_eval()
     seq_len = student_seq_len(spec)

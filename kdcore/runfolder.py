@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import ExitStack, contextmanager
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -115,6 +117,25 @@ class RunFolder:
         old, new = saved.get("store_teachers") or {}, self.identity["store_teachers"]
         changed = [f"datasets.{k}: teacher {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v]
         return "; ".join(changed) if changed else "the stores' teachers are unchanged"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer per run folder (`kdcore.locks`): a second `kd train` or `kd eval` on the same run
+        is refused, naming the holder. Rank 0 holds it; every rank stops when it is held elsewhere."""
+        from kdcore import dist
+        from kdcore.locks import LockHeld, hold
+
+        with ExitStack() as stack:
+            error = None
+            if dist.is_main():
+                try:
+                    stack.enter_context(hold(self.path, f"run {self.path}"))
+                except LockHeld as e:
+                    error = str(e)
+            error = dist.broadcast_object(error)
+            if error:
+                raise KDError(error)
+            yield
 
     # --- checkpoints ---
     def load_checkpoint(self) -> dict | None:

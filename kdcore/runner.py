@@ -112,7 +112,6 @@ class Runner:
 
     def store_status(self, dataset: str) -> str:
         """What `kd generate` would find: nothing, a store to resume, a complete one, or another spec's."""
-        from kdcore.spec import spec_hash
         from kdcore.store import Store
 
         path = self.spec.store_path(dataset)
@@ -122,7 +121,7 @@ class Runner:
             store = Store.open(path)
         except KDError as e:  # reported, not crashed on
             return f"unreadable: {e}"
-        if store.attrs.get("identity_hash") != spec_hash(self.spec.dataset_identity(dataset)):
+        if store.differences(self.spec, dataset):
             return "made by another spec: refused (--overwrite replaces it)"
         return "complete" if store.complete else "resume"
 

@@ -30,7 +30,7 @@ from kdcore.errors import KDError
 from kdcore.metrics import MetricsLog
 from kdcore.progress import bar
 from kdcore.runfolder import RunFolder, datasets_in_use
-from kdcore.spec import PhaseSpec, Spec, spec_hash
+from kdcore.spec import PhaseSpec, Spec
 from kdcore.store import Store
 
 
@@ -223,13 +223,19 @@ class Trainer:
         if not store.complete:
             raise KDError(f"{store.path} is incomplete; run `kd generate {self.spec.source}` first")
         store.require_intact()  # a stat per chunk file; every read is checked against its checksum too
-        if store.attrs.get("identity_hash") != spec_hash(self.spec.dataset_identity(dataset)):
+        changed = store.differences(self.spec, dataset)
+        if changed:
             raise KDError(f"{store.path} was generated from a different datasets.{dataset} or teacher than "
-                          f"{self.spec.source} has now; run `kd generate --overwrite {self.spec.source}`")
+                          f"{self.spec.source} has now ({'; '.join(changed)}); run `kd generate --overwrite "
+                          f"{self.spec.source}`")
         return store
 
     # --- the loop ---
     def train(self, restart: bool = False) -> torch.nn.Module:
+        with self.run.lock():
+            return self._train(restart)
+
+    def _train(self, restart: bool) -> torch.nn.Module:
         self.run.refresh()
         if not restart and self.is_complete():
             return self.load_trained()

@@ -542,3 +542,26 @@ def test_restart_checks_everything_before_deleting(make_spec, tmp_path, capsys, 
     code, err = kd("eval", path, capsys=capsys, monkeypatch=monkeypatch)
     message = " ".join(err.split())
     assert code == 1 and "missing" in message and "no trained student" not in message
+
+
+def test_one_writer_per_run_folder(make_spec, tmp_path, capsys, monkeypatch):
+    """A second `kd train` (or `kd eval`) on a run another process is training is refused, naming the
+    holder; the first finishes with each step recorded once."""
+    (tmp_path / "slow_steps.py").write_text(SLOW_STEPS)
+    path = make_spec([phase(epochs=1)], name="busy", plugins=["slow_steps.py"])
+    run = load_spec(path).run_path
+    first = subprocess.Popen([sys.executable, "-m", "kdcore", "train", str(path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not records(path) and time.monotonic() < deadline:  # the first is training
+            time.sleep(0.05)
+        for command in ("train", "eval"):
+            code, err = kd(command, path, capsys=capsys, monkeypatch=monkeypatch)
+            message = " ".join(err.split())
+            assert code == 1 and f"run {run} is in use by another process (pid {first.pid} on host" in message, message
+        assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert [r["step"] for r in records(path)] == [1, 2, 3, 4, 5]

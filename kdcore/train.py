@@ -170,6 +170,22 @@ def loss_labels(names: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}[{j}]" for j, n in enumerate(names)]
 
 
+def training_store(spec: Spec, dataset: str) -> Store:
+    """The dataset's store, refused unless it is complete, intact and the one `spec` would generate."""
+    try:
+        store = Store.open(spec.store_path(dataset))
+    except KDError as e:
+        raise KDError(f"{e}\n(run `kd generate {spec.source}` first)") from None
+    if not store.complete:
+        raise KDError(f"{store.path} is incomplete; run `kd generate {spec.source}` first")
+    store.require_intact()  # a stat per chunk file; every read is checked against its checksum too
+    changed = store.differences(spec, dataset)
+    if changed:
+        raise KDError(f"{store.path} was generated from a different datasets.{dataset} or teacher than "
+                      f"{spec.source} has now ({'; '.join(changed)}); run `kd generate --overwrite {spec.source}`")
+    return store
+
+
 def _any_rank(flag: bool, device) -> bool:
     """True if `flag` is true on any rank (every rank gets the same answer)."""
     if not dist.active():
@@ -214,22 +230,6 @@ class Trainer:
             torch.manual_seed(self.spec.phases[0].seed)
             return self.builder.student(self.seq_len)
 
-    def open_store(self, dataset: str) -> Store:
-        path = self.spec.store_path(dataset)
-        try:
-            store = Store.open(path)
-        except KDError as e:
-            raise KDError(f"{e}\n(run `kd generate {self.spec.source}` first)") from None
-        if not store.complete:
-            raise KDError(f"{store.path} is incomplete; run `kd generate {self.spec.source}` first")
-        store.require_intact()  # a stat per chunk file; every read is checked against its checksum too
-        changed = store.differences(self.spec, dataset)
-        if changed:
-            raise KDError(f"{store.path} was generated from a different datasets.{dataset} or teacher than "
-                          f"{self.spec.source} has now ({'; '.join(changed)}); run `kd generate --overwrite "
-                          f"{self.spec.source}`")
-        return store
-
     # --- the loop ---
     def train(self, restart: bool = False) -> torch.nn.Module:
         with self.run.lock():
@@ -258,7 +258,7 @@ class Trainer:
     def check(self) -> None:
         """The stores exist, are complete and match the spec, and each phase fits the student."""
         for name in datasets_in_use(self.spec):
-            self.open_store(name)
+            training_store(self.spec, name)
         student = self.build_student()
         for p in range(len(self.spec.phases)):
             self.builder.check_phase(p, student)
@@ -279,7 +279,7 @@ class Trainer:
     def start_phase(self, p: int, student, state: TrainState, ckpt: dict | None) -> Phase:
         """Phase p's data, losses, optimizer and scheduler: fresh at its start, or as checkpointed."""
         spec = self.spec.phases[p]
-        store = self.open_store(spec.dataset)
+        store = training_store(self.spec, spec.dataset)
         total = -(-store.layout.num_samples // spec.batch_size) * spec.epochs
         if spec.max_steps is not None:
             total = min(total, spec.max_steps)

@@ -69,11 +69,11 @@ checksum_seconds = [0.0]
 
 
 def timed_checksum(values):
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: what the check costs, whatever else the machine runs
     try:
         return CHECKSUM(values)
     finally:
-        checksum_seconds[0] += time.perf_counter() - start
+        checksum_seconds[0] += time.thread_time() - start
 
 
 def main() -> None:
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--original-every", type=int, default=3, help="run the (slow) 2023 loader every n-th round")
+    ap.add_argument("--only", choices=["ids", "noise"], help="one of the two datasets")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kd-bench-train-"))
     print(f"machine: {describe()}")
@@ -95,6 +96,8 @@ def main() -> None:
 
     for kind, sampler, samples in (("random ids", {"name": "random-ids"}, args.samples),
                                    ("uniform noise", {"name": "uniform"}, args.noise_samples)):
+        if args.only and not kind.startswith({"ids": "random", "noise": "uniform"}[args.only]):
+            continue
         data = {
             "name": "bench", "store_dir": str(tmp / "store"), "runs_dir": str(tmp / "runs"),
             "teacher": {"name": "tiny-llama", "vocab_size": args.vocab, "hidden_size": 64},
@@ -127,6 +130,17 @@ def main() -> None:
             for batch in loader(StoreBatches(store.path, plan, args.seq_len, make, 0)):
                 step(student, opt, loss_fn, batch)
             return samples / (time.perf_counter() - start)
+
+        # the loader alone, no student: its CPU time (all threads) per epoch, which other processes
+        # on a shared machine do not change the way they change wall time
+        def loader_cpu(checked: bool) -> float:
+            kdcore.store.checksum = CHECKSUM if checked else (lambda values: _Unchecked())
+            evict(store.path)
+            make = (lambda: builder.sampler("d")) if store.layout.produces == "soft" else None
+            start = time.process_time()
+            for _ in loader(StoreBatches(store.path, plan, args.seq_len, make, 0)):
+                pass
+            return time.process_time() - start
 
         # 2. the same batches, already in memory as tensors
         mem = [StoreBatches(store.path, plan, args.seq_len, lambda: builder.sampler("d"), 0)[k] for k in range(len(plan))]
@@ -170,6 +184,7 @@ def main() -> None:
         # --original-every-th round, just before the pair
         in_memory(), from_store(), from_store(False)  # warm-up, not counted: first allocations and imports
         rates = {"memory": [], "store": [], "unchecked": [], "original": []}
+        cpu = {True: [], False: []}
         checksum_seconds[0], checked_seconds = 0.0, 0.0
         for r in range(args.rounds):
             if r % args.original_every == 0:
@@ -178,6 +193,8 @@ def main() -> None:
             for k, run in (sides if r % 2 == 0 else sides[::-1]):
                 rates[k].append(run())
                 checked_seconds += samples / rates[k][-1] if k == "store" else 0
+            for checked in ((True, False) if r % 2 == 0 else (False, True)):
+                cpu[checked].append(loader_cpu(checked))
         kdcore.store.checksum = CHECKSUM
         med = {k: statistics.median(v) for k, v in rates.items()}
         disk = sum(p.stat().st_size for p in orig.iterdir())
@@ -192,7 +209,11 @@ def main() -> None:
         checks = [s / u for s, u in zip(rates["store"], rates["unchecked"])]
         print(f"  checked / unchecked   : {statistics.median(checks):8.3f}x  median of {args.rounds} paired rounds "
               f"(range {min(checks):.3f} .. {max(checks):.3f}); checksums took {checksum_seconds[0] / args.rounds * 1e3:.1f} ms "
-              f"per epoch, {100 * checksum_seconds[0] / checked_seconds:.1f}% of the checked runs' time")
+              f"of CPU per epoch, {100 * checksum_seconds[0] / checked_seconds:.1f}% of the checked runs' wall time")
+        cpu_ratio = [c / u for c, u in zip(cpu[True], cpu[False])]
+        print(f"  loader alone, CPU     : {statistics.median(cpu[True]) * 1e3:8.0f} ms per epoch checked, "
+              f"{statistics.median(cpu[False]) * 1e3:.0f} ms unchecked: {statistics.median(cpu_ratio):.3f}x, median of "
+              f"{args.rounds} paired rounds (range {min(cpu_ratio):.3f} .. {max(cpu_ratio):.3f})")
         print(f"  (ceiling: in-memory / 2023 loader = {med['memory'] / med['original']:.2f}x: no loader can beat "
               f"the student's own step)")
     shutil.rmtree(tmp, ignore_errors=True)

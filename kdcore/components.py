@@ -23,15 +23,25 @@ class Inputs:
 
     Exactly one of `ids` (B, S) int64 or `soft` (B, S, V) float is set. Positions at or past a
     sample's length are padding: id 0, or an all-zero row.
+
+    A sampler that already ran its rows through the teacher (teacher-generated) hands over the
+    teacher's next-token logits at every position as `logits` (B, S, V) float32, on the teacher's
+    device: generation stores those instead of running the teacher again. `has_logits` (B,) bool
+    marks the rows that hold them when only some do (a mix); None means all rows, or none when
+    `logits` is None. They must equal `Teacher.logits(inputs, "all")` within float tolerance.
     """
 
     lengths: torch.Tensor  # (B,) int64, 1 <= length <= S
     ids: torch.Tensor | None = None
     soft: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    has_logits: torch.Tensor | None = None
 
     def __post_init__(self):
         if (self.ids is None) == (self.soft is None):
             raise ValueError("Inputs needs exactly one of ids or soft")
+        if self.has_logits is not None and self.logits is None:
+            raise ValueError("Inputs.has_logits needs logits")
 
     @property
     def batch_size(self) -> int:
@@ -47,13 +57,27 @@ class Inputs:
 
     def to(self, device) -> "Inputs":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Inputs(self.lengths.to(device), move(self.ids), move(self.soft))
+        return Inputs(self.lengths.to(device), move(self.ids), move(self.soft), move(self.logits), move(self.has_logits))
+
+    def rows(self, index: torch.Tensor) -> "Inputs":
+        """The rows `index` (a (n,) long tensor) of this batch, logits included."""
+        pick = lambda t: None if t is None else t[index.to(t.device)]  # noqa: E731
+        return Inputs(self.lengths[index], pick(self.ids), pick(self.soft), pick(self.logits), pick(self.has_logits))
+
+    def logit_rows(self) -> torch.Tensor:
+        """(B,) bool: the rows whose teacher logits came with the batch (`logits`)."""
+        if self.logits is None:
+            return torch.zeros(self.batch_size, dtype=torch.bool)
+        if self.has_logits is None:
+            return torch.ones(self.batch_size, dtype=torch.bool)
+        return self.has_logits.cpu()
 
     def padded_to(self, multiple: int) -> "Inputs":
-        """The same batch with S rounded up to a multiple of `multiple` (more padding positions)."""
+        """The same batch with S rounded up to a multiple of `multiple` (more padding positions), as
+        teacher input: without `logits`."""
         extra = -self.seq_len % multiple
         if extra == 0:
-            return self
+            return Inputs(self.lengths, self.ids, self.soft)
         grow = lambda t: torch.nn.functional.pad(t, (0, 0, 0, extra) if t.dim() == 3 else (0, extra))  # noqa: E731
         return Inputs(self.lengths, None if self.ids is None else grow(self.ids),
                       None if self.soft is None else grow(self.soft))
@@ -146,8 +170,13 @@ class Teacher(Protocol):
     def tokenizer(self) -> "TextTokenizer":
         """The teacher's own tokenizer (for evaluation on real text)."""
 
-    def generate(self, ids: torch.Tensor, steps: int, sample: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-        """Extend (B, L) ids by `steps` tokens, with the KV cache; `sample(logits, step)` picks them."""
+    def generate(self, ids: torch.Tensor, steps: int, sample: Callable[[torch.Tensor, int], torch.Tensor],
+                 logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Extend (B, L) ids by `steps` tokens, with the KV cache; `sample(logits, step)` picks them.
+
+        `logits`, a (B, L + steps, V) float32 tensor if given, receives the next-token logits at every
+        position of the result (one decode step more than the ids need).
+        """
 
 
 class TextTokenizer(Protocol):

@@ -11,6 +11,7 @@ import shutil
 import time
 
 import numpy as np
+import torch
 
 from kdcore import dist
 from kdcore.build import Builder
@@ -97,11 +98,16 @@ def _prepare(path, spec: Spec, dataset: str, attrs: dict, layout: Layout, overwr
     return None
 
 
-def targets_to_arrays(targets: Targets) -> dict[str, np.ndarray]:
-    """Stored as float16 (values) and float32 (logsumexp); logits past float16's range are refused."""
+def targets_to_arrays(targets: Targets, dataset: str = "") -> dict[str, np.ndarray]:
+    """Stored as float16 (values) and float32 (logsumexp); NaN, inf and logits past float16's range
+    are refused."""
     values = targets.values if targets.is_topk else targets.logits
-    if values.abs().max() > 65504:
-        raise StoreError(f"teacher logits reach {values.abs().max().item():.4g}, past float16's range (65504)")
+    peak = values.abs().max()
+    if not torch.isfinite(peak) or (targets.is_topk and not torch.isfinite(targets.logsumexp).all()):
+        where = f"datasets.{dataset}: " if dataset else ""
+        raise StoreError(f"{where}the teacher's logits hold NaN or inf; nothing of this batch was stored")
+    if peak > 65504:
+        raise StoreError(f"teacher logits reach {peak.item():.4g}, past float16's range (65504)")
     if targets.is_topk:
         return {
             "topk_values": targets.values.half().cpu().numpy(),
@@ -117,6 +123,21 @@ def inputs_to_arrays(inputs: Inputs, layout: Layout) -> dict[str, np.ndarray]:
         out["ids"] = inputs.ids.numpy().astype(np.int32)
     elif layout.inputs == "dense":
         out["inputs"] = inputs.soft.half().numpy()
+    return out
+
+
+def teacher_logits(teacher, inputs: Inputs, positions: str) -> torch.Tensor:
+    """The teacher's logits at `positions`: those the sampler brought (it ran the teacher itself), and
+    a forward for the other rows only."""
+    have = inputs.logit_rows()
+    if not have.any():
+        return teacher.logits(inputs.to(teacher.device), positions)
+    out = inputs.logits
+    if positions == "last":
+        out = out[torch.arange(len(out), device=out.device), inputs.lengths.to(out.device) - 1]
+    rest = (~have).nonzero()[:, 0]
+    if len(rest):  # filled in place: the batch's own tensor
+        out[rest.to(out.device)] = teacher.logits(inputs.rows(rest).to(teacher.device), positions).to(out.device)
     return out
 
 
@@ -141,24 +162,26 @@ def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite
     k = ds.topk if ds.logits == "topk" else None
 
     def forward(indices: list[int], inputs: Inputs) -> dict[str, np.ndarray]:
-        logits = teacher.logits(inputs.to(teacher.device), ds.positions)
+        logits = teacher_logits(teacher, inputs, ds.positions)
         targets = Targets.topk_of(logits, k) if k else Targets(logits=logits)
         return {"seed": np.array([sample_seed(ds.seed, i) for i in indices], dtype=np.int64),
-                **inputs_to_arrays(inputs, layout), **targets_to_arrays(targets)}
+                **inputs_to_arrays(inputs, layout), **targets_to_arrays(targets, dataset)}
 
     # (block, indices) of every teacher batch; a batch never spans two blocks
     batches = [(b, list(range(s, min(s + ds.batch_size, layout.block_range(b)[1]))))
                for b in blocks for s in range(*layout.block_range(b), ds.batch_size)]
     start, done, tokens = time.perf_counter(), 0, 0
     # the next batch is sampled, and finished blocks written, by idle-priority helpers (kdcore.threads)
-    # while the teacher runs this batch
+    # while the teacher runs this batch; a sampler that runs the teacher itself is the teacher's work,
+    # done here in turn at normal priority
+    ahead = not getattr(sampler, "runs_teacher", False)
     with bar(progress and dist.is_main()) as pbar, background("sample") as sampling, background("write") as writer:
         task = pbar.add_task(f"generate {dataset}", total=todo, rate="")
-        upcoming = sampling.submit(sampler.sample, batches[0][1], ds.seed) if batches else None
+        upcoming = sampling.submit(sampler.sample, batches[0][1], ds.seed) if batches and ahead else None
         parts, pending = [], None
         for i, (b, indices) in enumerate(batches):
-            inputs = upcoming.result()
-            if i + 1 < len(batches):
+            inputs = upcoming.result() if ahead else sampler.sample(indices, ds.seed)
+            if ahead and i + 1 < len(batches):
                 upcoming = sampling.submit(sampler.sample, batches[i + 1][1], ds.seed)
             part = forward(indices, inputs)
             parts.append(part)

@@ -1,6 +1,7 @@
 """Generation: noise from the sampler through the frozen teacher into the store.
 
-Blocks are split by rank (block b belongs to rank b % world), each written whole then committed;
+Blocks are split by rank (block b belongs to rank b % world, or, for a sampler that decodes groups
+of samples, to the rank of the group of its first row), each written whole then committed;
 a re-run redoes only uncommitted blocks. A store made from a different spec or teacher is refused,
 never overwritten, unless `overwrite=True`.
 """
@@ -145,6 +146,16 @@ def concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def owned_blocks(store: Store, layout: Layout, group: int | None) -> list[int]:
+    """This rank's pending blocks: b % world, or, for a sampler that decodes fixed groups of samples
+    together (`group`), by the group of the block's first row, so that each group is decoded by one
+    rank (a block that straddles two groups shares the second with its neighbour's rank)."""
+    rank, world = dist.rank(), dist.world()
+    if not group or world == 1:
+        return store.pending_blocks(rank, world)
+    return [b for b in store.pending_blocks(0, 1) if layout.block_range(b)[0] // group % world == rank]
+
+
 def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite: bool = False,
              progress: bool = True, log=None) -> Store:
     dist.init()
@@ -157,7 +168,7 @@ def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite
     if store.complete:
         return store
 
-    blocks = store.pending_blocks(dist.rank(), dist.world())
+    blocks = owned_blocks(store, layout, getattr(sampler, "group", None))
     todo = sum(np.subtract(*reversed(layout.block_range(b))) for b in blocks)
     k = ds.topk if ds.logits == "topk" else None
 

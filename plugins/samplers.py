@@ -8,7 +8,6 @@ process count or resume point. Base samplers fill all S positions; `length-mix` 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -118,7 +117,8 @@ class LengthMix:
         self.produces = self.inner.produces
         self.deterministic = self.inner.deterministic
         self.runs_teacher = getattr(self.inner, "runs_teacher", False)
-        self.grouped = getattr(self.inner, "grouped", False)
+        self.group = getattr(self.inner, "group", None)
+        self.takes_members = getattr(self.inner, "takes_members", False)
 
     def lengths(self, indices, seed) -> torch.Tensor:
         out = []
@@ -129,7 +129,7 @@ class LengthMix:
             out.append(self.S if full or self.p.min_len >= self.S else min(short, self.S - 1))
         return torch.tensor(out, dtype=torch.long)
 
-    def sample(self, indices, seed, **kw):  # kw: `members`, for a grouped inner sampler inside a mix
+    def sample(self, indices, seed, **kw):  # kw: `members`, for an inner sampler that takes them
         full = self.inner.sample(indices, seed, **kw)
         lengths = torch.minimum(self.lengths(indices, seed), full.lengths)
         valid = torch.arange(self.S)[None, :] < lengths[:, None]
@@ -204,8 +204,8 @@ class TeacherGeneratedParams(Params):
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0, description="0: off")
     top_p: float = Field(1.0, gt=0, le=1)
-    group: int = Field(64, gt=0, description="samples decoded together: a decode step reads the weights once "
-                                             "for the whole group (fixed groups keep a sample deterministic)")
+    group: int = Field(256, gt=0, description="samples decoded together: fewer, larger steps (fixed groups keep "
+                                              "a sample deterministic); memory: group x max_seq_len x vocab x 4 bytes")
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -229,32 +229,34 @@ class TeacherGenerated:
     Samples are decoded in fixed groups of consecutive indices (`group`), so a sample depends on
     (seed, index) alone for a given device and dtype, whatever batch asked for it. The decode's own
     logits come with the ids (`Inputs.logits`): generation stores them instead of running the teacher
-    again. A group's logits (group x S x V float32) stay cached until the next groups are decoded.
+    again. Memory: the last group's logits (group x S x V float32), and the KV cache while decoding.
     """
 
     produces = "ids"
     deterministic = "device"
     runs_teacher = True  # regenerating a sample costs teacher forwards
-    grouped = True  # sample() takes `members`: a mix decodes only its own share of each group
+    takes_members = True  # sample() takes `members`: a mix decodes only its own share of each group
 
     def __init__(self, params: TeacherGeneratedParams, ctx: BuildContext):
         self.p, self.S, self.V = params, ctx.max_seq_len, ctx.vocab_size
         if params.prefix > self.S:
             raise KDError(f"sampler.prefix: {params.prefix} is longer than max_seq_len {self.S}")
+        self.group = params.group  # generation gives a group's blocks to one torchrun rank
         self._teacher = ctx.teacher
-        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._last: tuple | None = None
 
     def draw(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Next tokens (G,): the inverse CDF at `u` (G,) in [0, 1) of softmax(logits / temperature),
         cut to top_k and top_p. One uniform per row, no loop over rows."""
-        logits = logits.float() / self.p.temperature
+        if self.p.temperature != 1:
+            logits = logits / self.p.temperature
         if 0 < self.p.top_k < logits.shape[-1]:
             kth = logits.topk(self.p.top_k, dim=-1).values[:, -1:]
-            logits.masked_fill_(logits < kth, -math.inf)
-        probs = torch.softmax(logits, dim=-1)
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         if self.p.top_p < 1:
             probs = nucleus(probs, self.p.top_p)
-        cdf = probs.cumsum(-1, dtype=torch.float64)
+        cdf = probs.cumsum_(-1)  # float32: a token's share is off by at most an ulp of the running sum
         total = cdf[:, -1:]
         # strictly below the total, the first cdf entry past x is a token of positive probability
         x = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -273,29 +275,35 @@ class TeacherGenerated:
         return ids.cpu(), logits
 
     def _group(self, seed: int, g: int, members) -> tuple[dict[int, int], torch.Tensor, torch.Tensor]:
+        """The last group decoded is kept: batches ask for a group's rows in turn, across a block
+        boundary too. It is dropped before the next decode, whose buffer then reuses its memory."""
         span = range(g * self.p.group, (g + 1) * self.p.group)
         indices = list(members(span)) if members else list(span)
         key = (seed, g, tuple(indices))
-        if key not in self._cache:
-            self._cache[key] = ({i: r for r, i in enumerate(indices)}, *self._decode(seed, indices))
-            while len(self._cache) > 2:  # sequential batches, and a group split by a block boundary
-                self._cache.popitem(last=False)
-        return self._cache[key]
+        if self._last is None or self._last[0] != key:
+            self._last = None
+            self._last = (key, {i: r for r, i in enumerate(indices)}, *self._decode(seed, indices))
+        return self._last[1:]
 
     def sample(self, indices, seed, members=None):
         """`members(span)`, if given, names the indices of a group's span that this sampler decodes
         (the ones a mix assigns to it); all of them otherwise."""
         indices = [int(i) for i in indices]
-        ids = torch.empty(len(indices), self.S, dtype=torch.long)
-        logits = None
+        parts = []
         for g in dict.fromkeys(i // self.p.group for i in indices):
             where = [r for r, i in enumerate(indices) if i // self.p.group == g]
             row_of, g_ids, g_logits = self._group(seed, g, members)
-            src = torch.tensor([row_of[indices[r]] for r in where])
-            if logits is None:
-                logits = torch.empty(len(indices), self.S, self.V, device=g_logits.device)
-            ids[where] = g_ids[src]
-            logits[torch.tensor(where, device=logits.device)] = g_logits[src.to(g_logits.device)]
+            parts.append((where, [row_of[indices[r]] for r in where], g_ids, g_logits))
+        first = parts[0][1][0]
+        if len(parts) == 1 and parts[0][1] == list(range(first, first + len(indices))):
+            # consecutive rows of one group, as generation asks for them: the logits are a view, not a copy
+            ids, logits = parts[0][2][first : first + len(indices)].clone(), parts[0][3][first : first + len(indices)]
+        else:
+            ids = torch.empty(len(indices), self.S, dtype=torch.long)
+            logits = torch.empty(len(indices), self.S, self.V, device=parts[0][3].device)
+            for where, rows, g_ids, g_logits in parts:
+                ids[where] = g_ids[rows]
+                logits[torch.tensor(where, device=logits.device)] = g_logits[torch.tensor(rows, device=logits.device)]
         return Inputs(lengths=_full(len(indices), self.S), ids=ids, logits=logits)
 
 
@@ -324,6 +332,8 @@ class Mix:
         self.produces = "ids" if all(c.produces == "ids" for c in self.children) else "soft"
         self.runs_teacher = any(getattr(c, "runs_teacher", False) for c in self.children)
         self.deterministic = "device" if any(c.deterministic == "device" for c in self.children) else "pure"
+        groups = [c.group for c in self.children if getattr(c, "group", None)]
+        self.group = math.lcm(*groups) if groups else None
 
     def choice(self, seed: int, index: int) -> int:
         u = torch.rand((), generator=generator(seed, index, salt=2), dtype=torch.float64)
@@ -331,7 +341,7 @@ class Mix:
 
     def _child_sample(self, c: int, indices: list[int], seed: int) -> Inputs:
         child, kw = self.children[c], {}
-        if getattr(child, "grouped", False):  # decode only the group members this mix gives child c
+        if getattr(child, "takes_members", False):  # decode only the group members this mix gives child c
             kw["members"] = lambda span: [i for i in span if self.choice(seed, i) == c]
         return child.sample(indices, sample_seed(seed, c, salt=3), **kw)
 

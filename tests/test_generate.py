@@ -357,6 +357,23 @@ def test_kill9_resume_equals_uninterrupted(tiny_spec, write_spec, tmp_path):
 # --- torchrun ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("group, want", [(None, [[0, 2, 4], [1, 3]]), (16, [[0, 1, 4], [2, 3]]), (64, [[0, 1, 2, 3, 4], []])])
+def test_a_decoded_group_belongs_to_one_rank(tmp_path, monkeypatch, group, want):
+    from kdcore import dist
+    from kdcore.generate import owned_blocks
+    from kdcore.store import Layout
+
+    layout = Layout(num_samples=40, max_seq_len=6, vocab_size=64, positions="last", logits="dense", topk=4,
+                    inputs="seed", produces="ids", block_rows=8)
+    store = Store.create(tmp_path / "s", layout, {})
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "rank", lambda: rank)
+        assert owned_blocks(store, layout, group) == want[rank]
+
+
+
+
 @pytest.mark.parametrize("sampler", [None, MIX], ids=["length-mix-uniform", "mix-teacher-generated"])
 def test_torchrun_two_processes_equal_single_process(tiny_spec, write_spec, tmp_path, sampler):
     # 6 blocks, the last one short; the mix's groups of 6 straddle blocks of 8 that the two ranks share

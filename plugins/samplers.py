@@ -213,7 +213,7 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     to 0 (the token that crosses top_p is kept)."""
     V = probs.shape[-1]
     k = min(V, 256)
-    while True:  # a sort of V per row costs more than the decode step: look in the top k first
+    while True:  # a sort of V per row costs as much as a decode step: look in the top k first
         top, order = probs.topk(k, dim=-1)
         mass = top.cumsum(-1)
         if k == V or bool((mass[:, -1] > top_p).all()):  # every row's set lies inside its top k
@@ -289,22 +289,24 @@ class TeacherGenerated:
         """`members(span)`, if given, names the indices of a group's span that this sampler decodes
         (the ones a mix assigns to it); all of them otherwise."""
         indices = [int(i) for i in indices]
-        parts = []
-        for g in dict.fromkeys(i // self.p.group for i in indices):
-            where = [r for r, i in enumerate(indices) if i // self.p.group == g]
+        G, n = self.p.group, len(indices)
+        groups = list(dict.fromkeys(i // G for i in indices))
+        if len(groups) == 1:  # as generation asks: consecutive rows of one group, the logits a view
+            row_of, g_ids, g_logits = self._group(seed, groups[0], members)
+            first = row_of[indices[0]]
+            if [row_of[i] for i in indices] == list(range(first, first + n)):
+                return Inputs(_full(n, self.S), ids=g_ids[first : first + n].clone(), logits=g_logits[first : first + n])
+        ids = torch.empty(n, self.S, dtype=torch.long)
+        logits = None
+        for g in groups:
+            where = [r for r, i in enumerate(indices) if i // G == g]
             row_of, g_ids, g_logits = self._group(seed, g, members)
-            parts.append((where, [row_of[indices[r]] for r in where], g_ids, g_logits))
-        first = parts[0][1][0]
-        if len(parts) == 1 and parts[0][1] == list(range(first, first + len(indices))):
-            # consecutive rows of one group, as generation asks for them: the logits are a view, not a copy
-            ids, logits = parts[0][2][first : first + len(indices)].clone(), parts[0][3][first : first + len(indices)]
-        else:
-            ids = torch.empty(len(indices), self.S, dtype=torch.long)
-            logits = torch.empty(len(indices), self.S, self.V, device=parts[0][3].device)
-            for where, rows, g_ids, g_logits in parts:
-                ids[where] = g_ids[rows]
-                logits[torch.tensor(where, device=logits.device)] = g_logits[torch.tensor(rows, device=logits.device)]
-        return Inputs(lengths=_full(len(indices), self.S), ids=ids, logits=logits)
+            rows = torch.tensor([row_of[indices[r]] for r in where])
+            if logits is None:
+                logits = torch.empty(n, self.S, self.V, device=g_logits.device)
+            ids[where] = g_ids[rows]
+            logits[torch.tensor(where, device=logits.device)] = g_logits[rows.to(logits.device)]
+        return Inputs(_full(n, self.S), ids=ids, logits=logits)
 
 
 class MixParams(Params):

@@ -27,15 +27,25 @@ class Inputs:
 
     Exactly one of `ids` (B, S) int64 or `soft` (B, S, V) float is set. Positions at or past a
     sample's length are padding: id 0, or an all-zero row.
+
+    A sampler that already ran its rows through the teacher (teacher-generated) hands over the
+    teacher's next-token logits at every position as `logits` (B, S, V) float32, on the teacher's
+    device: generation stores those instead of running the teacher again. `has_logits` (B,) bool
+    marks the rows that hold them when only some do (a mix); None means all rows, or none when
+    `logits` is None. They must equal `Teacher.logits(inputs, "all")` within float tolerance.
     """
 
     lengths: torch.Tensor  # (B,) int64, 1 <= length <= S
     ids: torch.Tensor | None = None
     soft: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    has_logits: torch.Tensor | None = None
 
     def __post_init__(self):
         if (self.ids is None) == (self.soft is None):
             raise ValueError("Inputs needs exactly one of ids or soft")
+        if self.has_logits is not None and self.logits is None:
+            raise ValueError("Inputs.has_logits needs logits")
 
     @property
     def batch_size(self) -> int:
@@ -51,13 +61,27 @@ class Inputs:
 
     def to(self, device) -> "Inputs":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Inputs(self.lengths.to(device), move(self.ids), move(self.soft))
+        return Inputs(self.lengths.to(device), move(self.ids), move(self.soft), move(self.logits), move(self.has_logits))
+
+    def rows(self, index: torch.Tensor) -> "Inputs":
+        """The rows `index` (a (n,) long tensor) of this batch, logits included."""
+        pick = lambda t: None if t is None else t[index.to(t.device)]  # noqa: E731
+        return Inputs(self.lengths[index], pick(self.ids), pick(self.soft), pick(self.logits), pick(self.has_logits))
+
+    def logit_rows(self) -> torch.Tensor:
+        """(B,) bool: the rows whose teacher logits came with the batch (`logits`)."""
+        if self.logits is None:
+            return torch.zeros(self.batch_size, dtype=torch.bool)
+        if self.has_logits is None:
+            return torch.ones(self.batch_size, dtype=torch.bool)
+        return self.has_logits.cpu()
 
     def padded_to(self, multiple: int) -> "Inputs":
-        """The same batch with S rounded up to a multiple of `multiple` (more padding positions)."""
+        """The same batch with S rounded up to a multiple of `multiple` (more padding positions), as
+        teacher input: without `logits`."""
         extra = -self.seq_len % multiple
         if extra == 0:
-            return self
+            return Inputs(self.lengths, self.ids, self.soft)
         grow = lambda t: torch.nn.functional.pad(t, (0, 0, 0, extra) if t.dim() == 3 else (0, extra))  # noqa: E731
         return Inputs(self.lengths, None if self.ids is None else grow(self.ids),
                       None if self.soft is None else grow(self.soft))
@@ -182,8 +206,13 @@ class Teacher(Protocol):
     def tokenizer(self) -> "TextTokenizer":
         """The teacher's own tokenizer (for evaluation on real text)."""
 
-    def generate(self, ids: torch.Tensor, steps: int, sample: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-        """Extend (B, L) ids by `steps` tokens, with the KV cache; `sample(logits, step)` picks them."""
+    def generate(self, ids: torch.Tensor, steps: int, sample: Callable[[torch.Tensor, int], torch.Tensor],
+                 logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Extend (B, L) ids by `steps` tokens, with the KV cache; `sample(logits, step)` picks them.
+
+        `logits`, a (B, L + steps, V) float32 tensor if given, receives the next-token logits at every
+        position of the result (one decode step more than the ids need).
+        """
 
 
 class TextTokenizer(Protocol):
@@ -205,9 +234,12 @@ class Sampler(Protocol):
     produces: Literal["ids", "soft"]
     deterministic: Literal["pure", "device"]  # 'device': pure on a given device and dtype
     runs_teacher: bool  # regenerating a sample costs teacher forwards (optional; default False)
+    # optional: `group` (int), samples decoded together (torchrun gives a group's blocks to one rank);
+    # `takes_members` (bool), sample() also takes `members(span)`, the indices of a group to decode (a mix)
 
     def sample(self, indices: Sequence[int], seed: int) -> Inputs:
-        """(B, S) int64 ids in [0, V) or (B, S, V) float rows, lengths in [1, S], B = len(indices)."""
+        """(B, S) int64 ids in [0, V) or (B, S, V) float rows, lengths in [1, S], B = len(indices);
+        optionally the teacher's logits at every position, if the sampler ran the teacher (`Inputs.logits`)."""
 
 
 class Student(Protocol):
@@ -288,6 +320,10 @@ def check_sample(inputs: Any, indices: Sequence[int], vocab_size: int, max_seq_l
         return f"lengths has shape {tuple(lengths.shape)}, expected ({B},)"
     if B and (int(lengths.min()) < 1 or int(lengths.max()) > S):
         return f"lengths must be in [1, {S}] (got {int(lengths.min())} .. {int(lengths.max())})"
+    if inputs.logits is not None and tuple(inputs.logits.shape) != (B, S, vocab_size):
+        return f"logits must be ({B}, {S}, {vocab_size}), got {tuple(inputs.logits.shape)}"
+    if inputs.has_logits is not None and (tuple(inputs.has_logits.shape) != (B,) or inputs.has_logits.dtype != torch.bool):
+        return f"has_logits must be ({B},) bool, got {tuple(inputs.has_logits.shape)} {str(inputs.has_logits.dtype).removeprefix('torch.')}"
     if produces == "ids":
         if inputs.ids is None:
             return "produces 'ids' but returned float rows"
@@ -318,8 +354,8 @@ class CheckedSampler:
             raise AttributeError(attr)
         return getattr(self.inner, attr)
 
-    def sample(self, indices: Sequence[int], seed: int) -> Inputs:
-        inputs = self.inner.sample(indices, seed)
+    def sample(self, indices: Sequence[int], seed: int, **kw) -> Inputs:
+        inputs = self.inner.sample(indices, seed, **kw)
         problem = check_sample(inputs, indices, self.vocab_size, self.max_seq_len, self.inner.produces)
         if problem:
             from kdcore.errors import KDError

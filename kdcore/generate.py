@@ -1,6 +1,7 @@
 """Generation: noise from the sampler through the frozen teacher into the store.
 
-Blocks are split by rank (block b belongs to rank b % world), each written whole then committed;
+Blocks are split by rank (block b belongs to rank b % world, or, for a sampler that decodes groups
+of samples, to the rank of the group of its first row), each written whole then committed;
 a re-run redoes only uncommitted blocks. A store made from a different spec or teacher is refused,
 never overwritten, unless `overwrite=True`.
 """
@@ -14,6 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kdcore import dist
 from kdcore.build import Builder
@@ -130,11 +132,16 @@ def _delete(path: Path) -> None:
     shutil.rmtree(aside)
 
 
-def targets_to_arrays(targets: Targets) -> dict[str, np.ndarray]:
-    """Stored as float16 (values) and float32 (logsumexp); logits past float16's range are refused."""
+def targets_to_arrays(targets: Targets, dataset: str = "") -> dict[str, np.ndarray]:
+    """Stored as float16 (values) and float32 (logsumexp); NaN, inf and logits past float16's range
+    are refused."""
     values = targets.values if targets.is_topk else targets.logits
-    if values.abs().max() > 65504:
-        raise StoreError(f"teacher logits reach {values.abs().max().item():.4g}, past float16's range (65504)")
+    peak = values.abs().max()
+    if not torch.isfinite(peak) or (targets.is_topk and not torch.isfinite(targets.logsumexp).all()):
+        where = f"datasets.{dataset}: " if dataset else ""
+        raise StoreError(f"{where}the teacher's logits hold NaN or inf; nothing of this batch was stored")
+    if peak > 65504:
+        raise StoreError(f"teacher logits reach {peak.item():.4g}, past float16's range (65504)")
     if targets.is_topk:
         return {
             "topk_values": targets.values.half().cpu().numpy(),
@@ -153,8 +160,33 @@ def inputs_to_arrays(inputs: Inputs, layout: Layout) -> dict[str, np.ndarray]:
     return out
 
 
+def teacher_logits(teacher, inputs: Inputs, positions: str) -> torch.Tensor:
+    """The teacher's logits at `positions`: those the sampler brought (it ran the teacher itself), and
+    a forward for the other rows only."""
+    have = inputs.logit_rows()
+    if not have.any():
+        return teacher.logits(inputs.to(teacher.device), positions)
+    out = inputs.logits
+    if positions == "last":
+        out = out[torch.arange(len(out), device=out.device), inputs.lengths.to(out.device) - 1]
+    rest = (~have).nonzero()[:, 0]
+    if len(rest):  # filled in place: the batch's own tensor
+        out[rest.to(out.device)] = teacher.logits(inputs.rows(rest).to(teacher.device), positions).to(out.device)
+    return out
+
+
 def concat(parts: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def owned_blocks(store: Store, layout: Layout, group: int | None) -> list[int]:
+    """This rank's pending blocks: b % world, or, for a sampler that decodes fixed groups of samples
+    together (`group`), by the group of the block's first row, so that each group is decoded by one
+    rank (a block that straddles two groups shares the second with its neighbour's rank)."""
+    rank, world = dist.rank(), dist.world()
+    if not group or world == 1:
+        return store.pending_blocks(rank, world)
+    return [b for b in store.pending_blocks(0, 1) if layout.block_range(b)[0] // group % world == rank]
 
 
 def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite: bool = False,
@@ -177,29 +209,31 @@ def _generate(spec: Spec, dataset: str, builder: Builder | None, overwrite: bool
     if store.complete:
         return store
 
-    blocks = store.pending_blocks(dist.rank(), dist.world())
+    blocks = owned_blocks(store, layout, getattr(sampler, "group", None))
     todo = sum(np.subtract(*reversed(layout.block_range(b))) for b in blocks)
     k = ds.topk if ds.logits == "topk" else None
 
     def forward(indices: list[int], inputs: Inputs) -> dict[str, np.ndarray]:
-        logits = teacher.logits(inputs.to(teacher.device), ds.positions)
+        logits = teacher_logits(teacher, inputs, ds.positions)
         targets = Targets.topk_of(logits, k) if k else Targets(logits=logits)
         return {"seed": np.array([sample_seed(ds.seed, i) for i in indices], dtype=np.int64),
-                **inputs_to_arrays(inputs, layout), **targets_to_arrays(targets)}
+                **inputs_to_arrays(inputs, layout), **targets_to_arrays(targets, dataset)}
 
     # (block, indices) of every teacher batch; a batch never spans two blocks
     batches = [(b, list(range(s, min(s + ds.batch_size, layout.block_range(b)[1]))))
                for b in blocks for s in range(*layout.block_range(b), ds.batch_size)]
     start, done, tokens = time.perf_counter(), 0, 0
     # the next batch is sampled, and finished blocks written, by idle-priority helpers (kdcore.threads)
-    # while the teacher runs this batch
+    # while the teacher runs this batch; a sampler that runs the teacher itself is the teacher's work,
+    # done here in turn at normal priority
+    ahead = not getattr(sampler, "runs_teacher", False)
     with bar(progress and dist.is_main()) as pbar, background("sample") as sampling, background("write") as writer:
         task = pbar.add_task(f"generate {dataset}", total=todo, rate="")
-        upcoming = sampling.submit(sampler.sample, batches[0][1], ds.seed) if batches else None
+        upcoming = sampling.submit(sampler.sample, batches[0][1], ds.seed) if batches and ahead else None
         parts, pending = [], None
         for i, (b, indices) in enumerate(batches):
-            inputs = upcoming.result()
-            if i + 1 < len(batches):
+            inputs = upcoming.result() if ahead else sampler.sample(indices, ds.seed)
+            if ahead and i + 1 < len(batches):
                 upcoming = sampling.submit(sampler.sample, batches[i + 1][1], ds.seed)
             part = forward(indices, inputs)
             parts.append(part)

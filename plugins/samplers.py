@@ -8,7 +8,6 @@ process count or resume point. Base samplers fill all S positions; `length-mix` 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -113,6 +112,8 @@ class LengthMix:
         self.produces = self.inner.produces
         self.deterministic = self.inner.deterministic
         self.runs_teacher = getattr(self.inner, "runs_teacher", False)
+        self.group = getattr(self.inner, "group", None)
+        self.takes_members = getattr(self.inner, "takes_members", False)
 
     def lengths(self, indices, seed) -> torch.Tensor:
         out = []
@@ -123,13 +124,14 @@ class LengthMix:
             out.append(self.S if full or self.p.min_len >= self.S else min(short, self.S - 1))
         return torch.tensor(out, dtype=torch.long)
 
-    def sample(self, indices, seed):
-        full = self.inner.sample(indices, seed)
+    def sample(self, indices, seed, **kw):  # kw: `members`, for an inner sampler that takes them
+        full = self.inner.sample(indices, seed, **kw)
         lengths = torch.minimum(self.lengths(indices, seed), full.lengths)
         valid = torch.arange(self.S)[None, :] < lengths[:, None]
-        if full.ids is not None:
-            return Inputs(lengths=lengths, ids=full.ids * valid)
-        return Inputs(lengths=lengths, soft=full.soft.mul_(valid[..., None]))  # zero rows pad, as the original
+        if full.ids is not None:  # the teacher's logits, if any, are causal: still those of the prefix
+            return Inputs(lengths=lengths, ids=full.ids * valid, logits=full.logits, has_logits=full.has_logits)
+        return Inputs(lengths=lengths, soft=full.soft.mul_(valid[..., None]),  # zero rows pad, as the original
+                      logits=full.logits, has_logits=full.has_logits)
 
 
 # --- beyond the original: noise closer to real inputs ---------------------------------------------
@@ -202,56 +204,109 @@ class TeacherGeneratedParams(Params):
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0, description="0: off")
     top_p: float = Field(1.0, gt=0, le=1)
-    group: int = Field(16, gt=0, description="samples generated together (fixed groups keep it deterministic)")
+    group: int = Field(256, gt=0, description="samples decoded together: fewer, larger steps (fixed groups keep "
+                                              "a sample deterministic); memory: group x max_seq_len x vocab x 4 bytes")
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` (G, V) with all but each row's smallest set of most probable tokens reaching `top_p` set
+    to 0 (the token that crosses top_p is kept)."""
+    V = probs.shape[-1]
+    k = min(V, 256)
+    while True:  # a sort of V per row costs as much as a decode step: look in the top k first
+        top, order = probs.topk(k, dim=-1)
+        mass = top.cumsum(-1)
+        if k == V or bool((mass[:, -1] > top_p).all()):  # every row's set lies inside its top k
+            break
+        k = min(V, 8 * k)
+    drop = mass - top > top_p
+    return torch.zeros_like(probs).scatter_(1, order, top.masked_fill(drop, 0.0))
 
 
 class TeacherGenerated:
-    """Sequences sampled from the teacher with the KV cache.
+    """Sequences sampled from the teacher with the KV cache, with the teacher's logits at every position.
 
-    Samples are generated in fixed groups of consecutive indices (`group`), so a sample depends on
-    (seed, index) alone for a given device and dtype, whatever batch asked for it.
+    Samples are decoded in fixed groups of consecutive indices (`group`), so a sample depends on
+    (seed, index) alone for a given device and dtype, whatever batch asked for it. The decode's own
+    logits come with the ids (`Inputs.logits`): generation stores them instead of running the teacher
+    again. Memory: the last group's logits (group x S x V float32), and the KV cache while decoding.
     """
 
     produces = "ids"
     deterministic = "device"
     runs_teacher = True  # regenerating a sample costs teacher forwards
+    takes_members = True  # sample() takes `members`: a mix decodes only its own share of each group
 
     def __init__(self, params: TeacherGeneratedParams, ctx: BuildContext):
         self.p, self.S, self.V = params, ctx.max_seq_len, ctx.vocab_size
         if params.prefix > self.S:
             raise ParamError("prefix", f"{params.prefix} is longer than max_seq_len {self.S}")
+        self.group = params.group  # generation gives a group's blocks to one torchrun rank
         self._teacher = ctx.teacher
-        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._last: tuple | None = None
 
-    def _pick(self, logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-        logits = logits.float() / self.p.temperature
-        if self.p.top_k:
-            kth = logits.topk(min(self.p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+    def draw(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Next tokens (G,): the inverse CDF at `u` (G,) in [0, 1) of softmax(logits / temperature),
+        cut to top_k and top_p. One uniform per row, no loop over rows."""
+        if self.p.temperature != 1:
+            logits = logits / self.p.temperature
+        if 0 < self.p.top_k < logits.shape[-1]:
+            kth = logits.topk(self.p.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, -math.inf)
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         if self.p.top_p < 1:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > self.p.top_p  # keep the smallest set reaching top_p
-            probs = probs.scatter(1, order, sorted_p.masked_fill(drop, 0.0))
-        probs = probs.cpu()
-        return torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)])
+            probs = nucleus(probs, self.p.top_p)
+        cdf = probs.cumsum_(-1)  # float32: a token's share is off by at most an ulp of the running sum
+        total = cdf[:, -1:]
+        # strictly below the total, the first cdf entry past x is a token of positive probability
+        x = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        # NaN logits (refused when stored) must not end the decode in an index error
+        return torch.searchsorted(cdf, x, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
-    def _group(self, seed: int, g: int) -> torch.Tensor:
-        key = (seed, g)
-        if key not in self._cache:
-            indices = range(g * self.p.group, (g + 1) * self.p.group)
-            gens = [generator(seed, i, salt=4) for i in indices]
-            first = torch.stack([torch.randint(0, self.V, (self.p.prefix,), generator=r) for r in gens])
-            steps = self.S - self.p.prefix
-            ids = self._teacher().generate(first, steps, lambda logits, step: self._pick(logits, gens)) if steps else first
-            self._cache[key] = ids.cpu()
-            while len(self._cache) > 4:
-                self._cache.popitem(last=False)
-        return self._cache[key]
+    def _decode(self, seed: int, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (n, S) and the teacher's logits (n, S, V) of these samples, decoded together."""
+        gens = [generator(seed, i, salt=4) for i in indices]
+        first = torch.stack([torch.randint(0, self.V, (self.p.prefix,), generator=g) for g in gens])
+        steps = self.S - self.p.prefix
+        u = torch.stack([torch.rand(steps, generator=g, dtype=torch.float64) for g in gens])
+        teacher = self._teacher()
+        logits = torch.empty(len(indices), self.S, self.V, device=teacher.device)
+        ids = teacher.generate(first, steps, lambda step_logits, step: self.draw(step_logits, u[:, step]), logits=logits)
+        return ids.cpu(), logits
 
-    def sample(self, indices, seed):
-        ids = torch.stack([self._group(seed, int(i) // self.p.group)[int(i) % self.p.group] for i in indices])
-        return Inputs(lengths=_full(len(indices), self.S), ids=ids)
+    def _group(self, seed: int, g: int, members) -> tuple[dict[int, int], torch.Tensor, torch.Tensor]:
+        """The last group decoded is kept: batches ask for a group's rows in turn, across a block
+        boundary too. It is dropped before the next decode, whose buffer then reuses its memory."""
+        span = range(g * self.p.group, (g + 1) * self.p.group)
+        indices = list(members(span)) if members else list(span)
+        key = (seed, g, tuple(indices))
+        if self._last is None or self._last[0] != key:
+            self._last = None
+            self._last = (key, {i: r for r, i in enumerate(indices)}, *self._decode(seed, indices))
+        return self._last[1:]
+
+    def sample(self, indices, seed, members=None):
+        """`members(span)`, if given, names the indices of a group's span that this sampler decodes
+        (the ones a mix assigns to it); all of them otherwise."""
+        indices = [int(i) for i in indices]
+        G, n = self.p.group, len(indices)
+        groups = list(dict.fromkeys(i // G for i in indices))
+        if len(groups) == 1:  # as generation asks: consecutive rows of one group, the logits a view
+            row_of, g_ids, g_logits = self._group(seed, groups[0], members)
+            first = row_of[indices[0]]
+            if [row_of[i] for i in indices] == list(range(first, first + n)):
+                return Inputs(_full(n, self.S), ids=g_ids[first : first + n].clone(), logits=g_logits[first : first + n])
+        ids = torch.empty(n, self.S, dtype=torch.long)
+        logits = None
+        for g in groups:
+            where = [r for r, i in enumerate(indices) if i // G == g]
+            row_of, g_ids, g_logits = self._group(seed, g, members)
+            rows = torch.tensor([row_of[indices[r]] for r in where])
+            if logits is None:
+                logits = torch.empty(n, self.S, self.V, device=g_logits.device)
+            ids[where] = g_ids[rows]
+            logits[torch.tensor(where, device=logits.device)] = g_logits[rows.to(logits.device)]
+        return Inputs(_full(n, self.S), ids=ids, logits=logits)
 
 
 class MixParams(Params):
@@ -279,27 +334,43 @@ class Mix:
         self.produces = "ids" if all(c.produces == "ids" for c in self.children) else "soft"
         self.runs_teacher = any(getattr(c, "runs_teacher", False) for c in self.children)
         self.deterministic = "device" if any(c.deterministic == "device" for c in self.children) else "pure"
+        groups = [c.group for c in self.children if getattr(c, "group", None)]
+        self.group = math.lcm(*groups) if groups else None
 
     def choice(self, seed: int, index: int) -> int:
         u = torch.rand((), generator=generator(seed, index, salt=2), dtype=torch.float64)
         return min(int(torch.searchsorted(self.cdf, u, right=True)), len(self.children) - 1)
 
+    def _child_sample(self, c: int, indices: list[int], seed: int) -> Inputs:
+        child, kw = self.children[c], {}
+        if getattr(child, "takes_members", False):  # decode only the group members this mix gives child c
+            kw["members"] = lambda span: [i for i in span if self.choice(seed, i) == c]
+        return child.sample(indices, sample_seed(seed, c, salt=3), **kw)
+
     def sample(self, indices, seed):
-        picks = [self.choice(seed, int(i)) for i in indices]
-        rows: list = [None] * len(indices)
-        for c, child in enumerate(self.children):
-            where = [r for r, pick in enumerate(picks) if pick == c]
-            if not where:
+        indices = [int(i) for i in indices]
+        picks = torch.tensor([self.choice(seed, i) for i in indices], dtype=torch.long)
+        n = len(indices)
+        lengths = torch.empty(n, dtype=torch.long)
+        rows = torch.zeros(n, self.S, dtype=torch.long) if self.produces == "ids" else torch.empty(n, self.S, self.V)
+        logits, has_logits = None, torch.zeros(n, dtype=torch.bool)
+        for c in range(len(self.children)):
+            where = (picks == c).nonzero()[:, 0]
+            if not len(where):
                 continue
-            part = child.sample([indices[r] for r in where], sample_seed(seed, c, salt=3))
-            for j, r in enumerate(where):
-                one = Inputs(part.lengths[j : j + 1], None if part.ids is None else part.ids[j : j + 1],
-                             None if part.soft is None else part.soft[j : j + 1])
-                rows[r] = one
-        lengths = torch.cat([r.lengths for r in rows])
+            part = self._child_sample(c, [indices[r] for r in where], seed)
+            lengths[where] = part.lengths
+            rows[where] = part.ids if self.produces == "ids" else part.as_soft(self.V)
+            if part.logits is not None:
+                if logits is None:
+                    logits = torch.zeros(n, self.S, self.V, device=part.logits.device)
+                logits[where.to(logits.device)] = part.logits
+                has_logits[where] = part.logit_rows()
+        if logits is None:
+            has_logits = None
         if self.produces == "ids":
-            return Inputs(lengths=lengths, ids=torch.cat([r.ids for r in rows]))
-        return Inputs(lengths=lengths, soft=torch.cat([r.as_soft(self.V) for r in rows]))
+            return Inputs(lengths=lengths, ids=rows, logits=logits, has_logits=has_logits)
+        return Inputs(lengths=lengths, soft=rows, logits=logits, has_logits=has_logits)
 
 
 class TextWindowsParams(Params):

@@ -205,16 +205,22 @@ class HFTeacher:
         return self.model.get_output_embeddings()(hidden)[:, :S].float()
 
     @torch.inference_mode()
-    def generate(self, ids: torch.Tensor, steps: int, sample) -> torch.Tensor:
-        """Extend (B, L) ids by `steps` tokens with the KV cache; `sample(logits, step)` picks them."""
+    def generate(self, ids: torch.Tensor, steps: int, sample, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Extend (B, L) ids by `steps` tokens with the KV cache; `sample(logits, step)` picks them.
+        `logits` (B, L + steps, V), if given, receives the next-token logits at every position."""
         ids = ids.to(self.device)
+        L = ids.shape[1]
         out = self.model(input_ids=ids, use_cache=True)
+        if logits is not None:
+            logits[:, :L] = out.logits
         tokens = [ids]
         for step in range(steps):
             nxt = sample(out.logits[:, -1].float(), step).to(self.device)
             tokens.append(nxt[:, None])
-            if step + 1 < steps:
+            if step + 1 < steps or logits is not None:  # the last token's own logits: one step more
                 out = self.model(input_ids=nxt[:, None], use_cache=True, **{self._cache_kw: _cache_of(out)})
+                if logits is not None:
+                    logits[:, L + step] = out.logits[:, -1]
         return torch.cat(tokens, dim=1)
 
     @cached_property

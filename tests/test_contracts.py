@@ -45,6 +45,15 @@ class WrongShape(NoProduces):
         return Inputs(lengths=torch.full((len(indices),), self.S), soft=torch.zeros(len(indices), self.S, 7))
 
 
+class WrongLogits(NoProduces):  # brings the teacher's logits, but only at the last position
+    produces = "ids"
+
+    def sample(self, indices, seed):
+        B = len(indices)
+        return Inputs(lengths=torch.full((B,), self.S), ids=torch.zeros(B, self.S, dtype=torch.long),
+                      logits=torch.zeros(B, 64))
+
+
 class Impure(NoProduces):
     produces = "ids"
 
@@ -75,7 +84,7 @@ class ContractPlugin:
     @hookimpl
     def kd_register_samplers(self, register):
         for name, cls in (("no-produces", NoProduces), ("past-vocab", PastVocab), ("wrong-shape", WrongShape),
-                          ("impure", Impure)):
+                          ("wrong-logits", WrongLogits), ("impure", Impure)):
             register(name, cls, NoParams)
 
     @hookimpl
@@ -117,6 +126,7 @@ def test_a_teacher_without_required_attributes_is_named_when_built(tiny_spec, re
 @pytest.mark.parametrize("name, fragment", [
     ("past-vocab", "ids must be in [0, 64) (the teacher's vocabulary), got 1000 .. 1000"),
     ("wrong-shape", "float rows must be (8, 6, 64) float, got (8, 6, 7) float32"),
+    ("wrong-logits", "logits must be (8, 6, 64), got (8, 64)"),
 ])
 def test_a_sampler_breaking_its_contract_is_named_at_generation(tiny_spec, registry, name, fragment):
     spec = parse_spec(with_sampler(tiny_spec, name), registry=registry)

@@ -167,14 +167,49 @@ def test_dense_inputs_match_the_seeds(tiny_spec, write_spec, tmp_path):
         assert np.array_equal(d[k], s[k]), k
 
 
-def test_ids_sampler_stores_ids(tiny_spec, write_spec):
-    spec = with_dataset(tiny_spec, sampler={"name": "length-mix", "sampler": {"name": "random-ids"}})
+TEACHER_GENERATED = {"name": "teacher-generated", "group": 6, "top_p": 0.9}
+MIX = {"name": "mix", "weights": [0.7, 0.3], "samplers": [TEACHER_GENERATED, {"name": "random-ids"}]}
+
+
+@pytest.mark.parametrize("sampler, positions", [
+    ({"name": "length-mix", "sampler": {"name": "random-ids"}}, "last"),
+    (TEACHER_GENERATED, "all"),  # the decode's own logits are stored: no second forward
+    ({"name": "length-mix", "min_len": 2, "sampler": TEACHER_GENERATED}, "last"),
+    (MIX, "all"),  # decode logits for some rows, a forward for the random ones
+], ids=["random-ids", "teacher-generated", "length-mix-teacher-generated", "mix"])
+def test_ids_sampler_stores_ids_and_the_teachers_logits(tiny_spec, write_spec, sampler, positions):
+    spec = with_dataset(tiny_spec, sampler=sampler, positions=positions)
     path = write_spec(spec)
     store = gen(path)
-    x, logits = regenerate_inputs(store, path)
+    x, logits = regenerate_inputs(store, path)  # the teacher's full forward on the stored ids
     data = arrays(store.path)
     assert data["ids"].dtype == np.int32 and np.array_equal(data["ids"], x.ids.numpy())
-    np.testing.assert_allclose(data["logits"].astype(np.float32), logits.numpy(), atol=2e-3, rtol=1e-3)
+    stored = torch.from_numpy(data["logits"].astype(np.float32))
+    if positions == "all":  # padding positions are not targets
+        stored, logits = stored[x.mask()], logits[x.mask()]
+    torch.testing.assert_close(stored, logits, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", [{"name": "length-mix", "sampler": {"name": "uniform"}}, TEACHER_GENERATED],
+                         ids=["forward", "decode"])
+def test_non_finite_teacher_logits_are_refused(tiny_spec, write_spec, sampler):
+    from kdcore.errors import StoreError
+
+    spec = load_spec(write_spec(with_dataset(tiny_spec, sampler=sampler)))
+    builder = Builder(spec)
+    with torch.no_grad():
+        builder.teacher.model.lm_head.weight[3, 0] = float("nan")
+    with pytest.raises(StoreError, match=r"datasets\.noise: the teacher's logits hold NaN or inf"):
+        generate(spec, "noise", builder, progress=False)
+    assert not Store.open(spec.store_path("noise")).committed().any()
+
+
+def test_teacher_generated_group_is_part_of_the_dataset(tiny_spec, write_spec):
+    gen(write_spec(with_dataset(tiny_spec, sampler=TEACHER_GENERATED, samples=8)))
+    from kdcore.errors import StoreError
+
+    with pytest.raises(StoreError, match="group: 6 -> 4"):  # other groups, other samples: not mixed into it
+        gen(write_spec(with_dataset(tiny_spec, sampler={**TEACHER_GENERATED, "group": 4}, samples=8), "g4.toml"))
 
 
 def test_batch_size_does_not_change_the_store(tiny_spec, write_spec, tmp_path):
@@ -186,12 +221,15 @@ def test_batch_size_does_not_change_the_store(tiny_spec, write_spec, tmp_path):
     assert_same_store(a.path, b.path, value_tol=1e-3)
 
 
-@pytest.mark.parametrize("sampler", [
-    {"name": "teacher-generated", "group": 4, "top_k": 8},
-    {"name": "mix", "weights": [0.7, 0.3], "samplers": [{"name": "teacher-generated", "group": 4}, {"name": "random-ids"}]},
-], ids=["teacher-generated", "mix"])
-def test_new_samplers_give_the_same_store_for_any_batch_size_and_resume_point(tiny_spec, write_spec, tmp_path, sampler):
-    spec = with_dataset(tiny_spec, sampler=sampler, samples=24, block_size=8, batch_size=3)
+@pytest.mark.parametrize("sampler, targets", [
+    ({"name": "teacher-generated", "group": 4, "top_k": 8}, {}),
+    # groups of 6 straddle the blocks of 8: a resumed block decodes its groups again, whole
+    ({**TEACHER_GENERATED, "top_k": 8}, {"positions": "all", "logits": "topk", "topk": 4}),
+    (MIX, {}),
+], ids=["teacher-generated", "teacher-generated-straddling-topk-all", "mix"])
+def test_new_samplers_give_the_same_store_for_any_batch_size_and_resume_point(tiny_spec, write_spec, tmp_path,
+                                                                               sampler, targets):
+    spec = with_dataset(tiny_spec, sampler=sampler, samples=24, block_size=8, batch_size=3, **targets)
     a = gen(write_spec(spec, "a.toml"))
     spec = with_dataset(spec, batch_size=8)
     spec["store_dir"] = str(tmp_path / "store_b")
@@ -414,8 +452,27 @@ def test_kill9_resume_equals_uninterrupted(tiny_spec, write_spec, tmp_path):
 # --- torchrun ---------------------------------------------------------------------------------------
 
 
-def test_torchrun_two_processes_equal_single_process(tiny_spec, write_spec, tmp_path):
-    spec = with_dataset(tiny_spec, samples=44, logits="topk", topk=4)  # 6 blocks, the last one short
+@pytest.mark.parametrize("group, want", [(None, [[0, 2, 4], [1, 3]]), (16, [[0, 1, 4], [2, 3]]), (64, [[0, 1, 2, 3, 4], []])])
+def test_a_decoded_group_belongs_to_one_rank(tmp_path, monkeypatch, group, want):
+    from kdcore import dist
+    from kdcore.generate import owned_blocks
+    from kdcore.store import Layout
+
+    layout = Layout(num_samples=40, max_seq_len=6, vocab_size=64, positions="last", logits="dense", topk=4,
+                    inputs="seed", produces="ids", block_rows=8)
+    store = Store.create(tmp_path / "s", layout, {})
+    monkeypatch.setattr(dist, "world", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "rank", lambda: rank)
+        assert owned_blocks(store, layout, group) == want[rank]
+
+
+
+
+@pytest.mark.parametrize("sampler", [None, MIX], ids=["length-mix-uniform", "mix-teacher-generated"])
+def test_torchrun_two_processes_equal_single_process(tiny_spec, write_spec, tmp_path, sampler):
+    # 6 blocks, the last one short; the mix's groups of 6 straddle blocks of 8 that the two ranks share
+    spec = with_dataset(tiny_spec, samples=44, logits="topk", topk=4, **({"sampler": sampler} if sampler else {}))
     path = write_spec(spec)
     env = {**os.environ, "KD_BACKEND": "gloo", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "kdcore",

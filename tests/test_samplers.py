@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
+from kd_plugins.samplers import TeacherGenerated, TeacherGeneratedParams, nucleus
 from kdcore.build import Builder
-from kdcore.components import Inputs
+from kdcore.components import BuildContext, Inputs
 from kdcore.spec import parse_spec
 
 # one configuration per registered sampler (a new sampler must be added here: see the test below)
@@ -167,6 +169,71 @@ def test_teacher_generated_top_k_and_batching(tiny_spec):
     assert torch.equal(fresh.sample([6], 2).ids[0], x.ids[6])
     assert torch.equal(fresh.sample([7, 1, 4], 2).ids, x.ids[[7, 1, 4]])
     assert not torch.equal(fresh.sample(range(8), 3).ids, x.ids)
+
+
+def filtered(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution a draw must follow, written out plainly: softmax at the temperature, the top_k
+    most probable tokens, then the fewest most probable ones whose mass reaches top_p."""
+    probs = torch.softmax(logits.double() / temperature, -1)
+    order = probs.argsort(descending=True).tolist()
+    keep = order[:top_k] if top_k else order
+    if top_p < 1:
+        kept_probs = probs[keep] / probs[keep].sum()
+        mass, n = 0.0, 0
+        while mass < top_p:
+            mass, n = mass + kept_probs[n].item(), n + 1
+        keep = keep[:n]
+    out = torch.zeros_like(probs)
+    out[keep] = probs[keep]
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("setting", [{}, {"temperature": 2.0}, {"temperature": 0.5}, {"top_k": 3},
+                                     {"top_p": 0.6}, {"top_k": 5, "top_p": 0.7, "temperature": 1.5}])
+def test_teacher_generated_draw_follows_the_filtered_distribution(tiny_spec, setting):
+    gen, _ = build(tiny_spec, {"name": "teacher-generated", **setting})
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5, 0.2])
+    n = 200_000
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = torch.bincount(gen.draw(logits.expand(n, -1), u), minlength=8).double() / n
+    want = filtered(logits, **setting)
+    assert (got - want).abs().max() < 0.005, (got, want)
+    assert (got[want == 0] == 0).all()  # a token cut off is never drawn
+    # the two ends of [0, 1): the first and the last token of positive probability, never a cut one
+    ends = gen.draw(logits.expand(2, -1), torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64))
+    kept = (want > 0).nonzero()[:, 0]
+    assert ends.tolist() == [kept.min().item(), kept.max().item()]
+
+
+def test_nucleus_looks_past_the_first_top_k():
+    # a flat distribution over 3000 tokens: the top 256 hold less than top_p, so the search widens
+    probs = torch.softmax(torch.randn(3, 3000, generator=torch.Generator().manual_seed(1)) * 0.3, -1)
+    got = nucleus(probs, 0.9)
+    for row, kept in zip(probs, got):
+        want = filtered(row.log(), top_p=0.9)
+        assert ((kept > 0) == (want > 0)).all() and (kept > 0).sum() > 256
+        assert torch.equal(kept[kept > 0], row[kept > 0])  # the kept probabilities are untouched
+
+
+def test_teacher_generated_logits_are_the_teachers(tiny_spec):
+    gen, builder = build(tiny_spec, {"name": "teacher-generated", "group": 4, "prefix": 2, "top_p": 0.9}, 10)
+    x = gen.sample([5, 0, 3, 4, 1], 1)
+    assert x.logits.shape == (5, 10, 64) and x.logits.dtype == torch.float32 and x.has_logits is None
+    full = builder.teacher.logits(Inputs(x.lengths, ids=x.ids), "all")
+    torch.testing.assert_close(x.logits, full, atol=1e-5, rtol=1e-5)
+    # each drawn token is one the teacher's distribution at the previous position allows
+    assert (full[:, 1:-1].gather(-1, x.ids[:, 2:, None]) > -math.inf).all()
+
+
+def test_teacher_generated_logits_on_smollm2(smollm2_teacher):
+    ctx = BuildContext(vocab_size=smollm2_teacher.vocab_size, max_seq_len=12, teacher=lambda: smollm2_teacher)
+    gen = TeacherGenerated(TeacherGeneratedParams(group=4, prefix=2, top_p=0.95), ctx)
+    x = gen.sample(range(4), 0)
+    full = smollm2_teacher.logits(Inputs(x.lengths, ids=x.ids), "all")
+    assert x.logits.shape == full.shape == (4, 12, 49152)
+    # measured here: 5e-5 apart at most (logits up to 33), float16 storage rounds by 1.6e-2 there
+    torch.testing.assert_close(x.logits, full, atol=5e-4, rtol=0)
+    torch.testing.assert_close(torch.log_softmax(x.logits, -1), torch.log_softmax(full, -1), atol=5e-4, rtol=0)
 
 
 def test_norm_matched_scale(tiny_spec):

@@ -97,7 +97,8 @@ class Builder:
         ds = self.spec.datasets[dataset]
         if check:  # against the teacher's limits (generation); training rebuilds from a checked store
             self.check_dataset(dataset)
-        sampler = self._make(ds.sampler, self.context(ds.max_seq_len, eval_texts=self.eval_texts),
+        sampler = self._make(ds.sampler, self.context(ds.max_seq_len, eval_texts=self.eval_texts,
+                                                           batch_size=ds.batch_size),
                              f"datasets.{dataset}.sampler")
         # every batch it draws is checked against the contract (ids in the vocabulary, shapes)
         sampler = CheckedSampler(sampler, ds.sampler.name, self.vocab_size, ds.max_seq_len)

@@ -63,10 +63,20 @@ class Inputs:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Inputs(self.lengths.to(device), move(self.ids), move(self.soft), move(self.logits), move(self.has_logits))
 
-    def rows(self, index: torch.Tensor) -> "Inputs":
-        """The rows `index` (a (n,) long tensor) of this batch, logits included."""
-        pick = lambda t: None if t is None else t[index.to(t.device)]  # noqa: E731
+    def rows(self, index: torch.Tensor | slice) -> "Inputs":
+        """The rows `index` (a (n,) long tensor, or a slice: views) of this batch, logits included."""
+        on = lambda t: index if isinstance(index, slice) else index.to(t.device)  # noqa: E731
+        pick = lambda t: None if t is None else t[on(t)]  # noqa: E731
         return Inputs(self.lengths[index], pick(self.ids), pick(self.soft), pick(self.logits), pick(self.has_logits))
+
+    @staticmethod
+    def cat(parts: list["Inputs"]) -> "Inputs":
+        """The rows of `parts` in order, one batch; logits kept only if every part has them."""
+        join = lambda ts: None if any(t is None for t in ts) else torch.cat(ts)  # noqa: E731
+        logits = join([p.logits for p in parts])
+        some = logits is not None and any(p.has_logits is not None for p in parts)
+        return Inputs(torch.cat([p.lengths for p in parts]), join([p.ids for p in parts]), join([p.soft for p in parts]),
+                      logits, torch.cat([p.logit_rows() for p in parts]) if some else None)
 
     def logit_rows(self) -> torch.Tensor:
         """(B,) bool: the rows whose teacher logits came with the batch (`logits`)."""
@@ -158,6 +168,7 @@ class BuildContext:
     build: Callable[[str, Any], Any] | None = None  # build(kind, ref) for nested components
     logits: Literal["dense", "topk"] = "dense"  # the targets a loss gets: its phase's dataset's
     eval_texts: tuple[Path, ...] = ()  # the evaluation texts (resolved): a sampler must not train on them
+    batch_size: int = 16  # the dataset's teacher batch: rows a sampler may put through the teacher at once
 
     def path(self, ref: str, key: str) -> Path:
         """The local file or folder that parameter `key` names, tried relative to the spec's folder first."""

@@ -223,25 +223,65 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(1, order, top.masked_fill(drop, 0.0))
 
 
-class TeacherGenerated:
+class Grouped:
+    """A sampler that makes its samples a fixed group of consecutive indices at a time, with the
+    teacher's logits at every position (`Inputs.logits`), so a sample depends on (seed, index) alone
+    for a given device and dtype, whatever batch asked for it. Subclasses say how a group is made
+    (`make`); the last group is kept, as generation asks for its rows batch by batch, across a block
+    boundary too, and dropped before the next one is made, whose buffers then reuse its memory.
+
+    `sample(indices, seed, members)`: `members(span)`, if given, names the indices of a group's span
+    that this sampler makes (the ones a mix assigns to it); all of them otherwise."""
+
+    deterministic = "device"
+    runs_teacher = True  # regenerating a sample costs teacher forwards
+    takes_members = True
+    group: int  # generation gives a group's blocks to one torchrun rank
+
+    def make(self, seed: int, indices: list[int]) -> Inputs:
+        raise NotImplementedError
+
+    def _group(self, seed: int, g: int, members) -> tuple[dict[int, int], Inputs]:
+        span = range(g * self.group, (g + 1) * self.group)
+        indices = list(members(span)) if members else list(span)
+        key = (seed, g, tuple(indices))
+        if self._last is None or self._last[0] != key:
+            self._last = None
+            self._last = (key, {i: r for r, i in enumerate(indices)}, self.make(seed, indices))
+        return self._last[1:]
+
+    def sample(self, indices, seed, members=None):
+        indices = [int(i) for i in indices]
+        groups = list(dict.fromkeys(i // self.group for i in indices))
+        if len(groups) == 1:  # as generation asks: consecutive rows of one group, the logits a view
+            row_of, x = self._group(seed, groups[0], members)
+            rows = [row_of[i] for i in indices]
+            if rows == list(range(rows[0], rows[0] + len(rows))):
+                return x.rows(slice(rows[0], rows[0] + len(rows)))
+        parts, where = [], []
+        for g in groups:
+            row_of, x = self._group(seed, g, members)
+            mine = [r for r, i in enumerate(indices) if i // self.group == g]
+            parts.append(x.rows(torch.tensor([row_of[indices[r]] for r in mine])))
+            where += mine
+        return Inputs.cat(parts).rows(torch.tensor(where).argsort())
+
+
+class TeacherGenerated(Grouped):
     """Sequences sampled from the teacher with the KV cache, with the teacher's logits at every position.
 
-    Samples are decoded in fixed groups of consecutive indices (`group`), so a sample depends on
-    (seed, index) alone for a given device and dtype, whatever batch asked for it. The decode's own
-    logits come with the ids (`Inputs.logits`): generation stores them instead of running the teacher
-    again. Memory: the last group's logits (group x S x V float32), and the KV cache while decoding.
+    Samples are decoded in fixed groups of consecutive indices (`group`; see `Grouped`). The decode's
+    own logits come with the ids (`Inputs.logits`): generation stores them instead of running the
+    teacher again. Memory: the last group's logits (group x S x V float32), and the KV cache while decoding.
     """
 
     produces = "ids"
-    deterministic = "device"
-    runs_teacher = True  # regenerating a sample costs teacher forwards
-    takes_members = True  # sample() takes `members`: a mix decodes only its own share of each group
 
     def __init__(self, params: TeacherGeneratedParams, ctx: BuildContext):
         self.p, self.S, self.V = params, ctx.max_seq_len, ctx.vocab_size
         if params.prefix > self.S:
             raise ParamError("prefix", f"{params.prefix} is longer than max_seq_len {self.S}")
-        self.group = params.group  # generation gives a group's blocks to one torchrun rank
+        self.group = params.group
         self._teacher = ctx.teacher
         self._last: tuple | None = None
 
@@ -263,8 +303,8 @@ class TeacherGenerated:
         # NaN logits (refused when stored) must not end the decode in an index error
         return torch.searchsorted(cdf, x, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
-    def _decode(self, seed: int, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (n, S) and the teacher's logits (n, S, V) of these samples, decoded together."""
+    def make(self, seed: int, indices: list[int]) -> Inputs:
+        """These samples decoded together: their ids and the teacher's logits."""
         gens = [generator(seed, i, salt=4) for i in indices]
         first = torch.stack([torch.randint(0, self.V, (self.p.prefix,), generator=g) for g in gens])
         steps = self.S - self.p.prefix
@@ -272,41 +312,26 @@ class TeacherGenerated:
         teacher = self._teacher()
         logits = torch.empty(len(indices), self.S, self.V, device=teacher.device)
         ids = teacher.generate(first, steps, lambda step_logits, step: self.draw(step_logits, u[:, step]), logits=logits)
-        return ids.cpu(), logits
+        return Inputs(_full(len(indices), self.S), ids=ids.cpu(), logits=logits)
 
-    def _group(self, seed: int, g: int, members) -> tuple[dict[int, int], torch.Tensor, torch.Tensor]:
-        """The last group decoded is kept: batches ask for a group's rows in turn, across a block
-        boundary too. It is dropped before the next decode, whose buffer then reuses its memory."""
-        span = range(g * self.p.group, (g + 1) * self.p.group)
-        indices = list(members(span)) if members else list(span)
-        key = (seed, g, tuple(indices))
-        if self._last is None or self._last[0] != key:
-            self._last = None
-            self._last = (key, {i: r for r, i in enumerate(indices)}, *self._decode(seed, indices))
-        return self._last[1:]
 
-    def sample(self, indices, seed, members=None):
-        """`members(span)`, if given, names the indices of a group's span that this sampler decodes
-        (the ones a mix assigns to it); all of them otherwise."""
-        indices = [int(i) for i in indices]
-        G, n = self.p.group, len(indices)
-        groups = list(dict.fromkeys(i // G for i in indices))
-        if len(groups) == 1:  # as generation asks: consecutive rows of one group, the logits a view
-            row_of, g_ids, g_logits = self._group(seed, groups[0], members)
-            first = row_of[indices[0]]
-            if [row_of[i] for i in indices] == list(range(first, first + n)):
-                return Inputs(_full(n, self.S), ids=g_ids[first : first + n].clone(), logits=g_logits[first : first + n])
-        ids = torch.empty(n, self.S, dtype=torch.long)
-        logits = None
-        for g in groups:
-            where = [r for r, i in enumerate(indices) if i // G == g]
-            row_of, g_ids, g_logits = self._group(seed, g, members)
-            rows = torch.tensor([row_of[indices[r]] for r in where])
-            if logits is None:
-                logits = torch.empty(n, self.S, self.V, device=g_logits.device)
-            ids[where] = g_ids[rows]
-            logits[torch.tensor(where, device=logits.device)] = g_logits[rows.to(logits.device)]
-        return Inputs(_full(n, self.S), ids=ids, logits=logits)
+class TeacherBatched(Grouped):
+    """Another sampler's samples with the teacher's logits, made a group at a time. In a mix that
+    decodes groups (teacher-generated), the other children's rows of a group go through the teacher
+    together in full batches (`batch_size` rows) rather than a few rows in each generation batch, each
+    of which would cost nearly a full batch's forward (a forward's weight reads are shared by its rows)."""
+
+    def __init__(self, inner, group: int, teacher, batch_size: int):
+        self.inner, self.group, self._teacher, self.batch_size = inner, group, teacher, batch_size
+        self.produces = inner.produces
+        self._last: tuple | None = None
+
+    def make(self, seed: int, indices: list[int]) -> Inputs:
+        x = self.inner.sample(indices, seed)
+        teacher = self._teacher()
+        logits = [teacher.logits(x.rows(slice(s, s + self.batch_size)).to(teacher.device), "all")
+                  for s in range(0, len(indices), self.batch_size)]
+        return Inputs(x.lengths, x.ids, x.soft, logits=torch.cat(logits))
 
 
 class MixParams(Params):
@@ -329,13 +354,16 @@ class Mix:
     def __init__(self, params: MixParams, ctx: BuildContext):
         self.V, self.S = ctx.vocab_size, ctx.max_seq_len
         self.children = [ctx.build("sampler", ref) for ref in params.samplers]
+        groups = [c.group for c in self.children if getattr(c, "group", None)]
+        self.group = math.lcm(*groups) if groups else None
+        if self.group:  # the teacher runs for this mix anyway: every child's rows come with its logits
+            self.children = [c if getattr(c, "takes_members", False) else
+                             TeacherBatched(c, self.group, ctx.teacher, ctx.batch_size) for c in self.children]
         w = torch.tensor(params.weights or [1.0] * len(self.children), dtype=torch.float64)
         self.cdf = (w / w.sum()).cumsum(0)
         self.produces = "ids" if all(c.produces == "ids" for c in self.children) else "soft"
         self.runs_teacher = any(getattr(c, "runs_teacher", False) for c in self.children)
         self.deterministic = "device" if any(c.deterministic == "device" for c in self.children) else "pure"
-        groups = [c.group for c in self.children if getattr(c, "group", None)]
-        self.group = math.lcm(*groups) if groups else None
 
     def choice(self, seed: int, index: int) -> int:
         u = torch.rand((), generator=generator(seed, index, salt=2), dtype=torch.float64)

@@ -225,6 +225,26 @@ def test_teacher_generated_logits_are_the_teachers(tiny_spec):
     assert (full[:, 1:-1].gather(-1, x.ids[:, 2:, None]) > -math.inf).all()
 
 
+@pytest.mark.parametrize("other", [{"name": "random-ids"}, {"name": "uniform"}])
+def test_a_mix_with_teacher_generated_brings_every_rows_logits(tiny_spec, monkeypatch, other):
+    """The mix's other rows go through the teacher a group at a time, in full batches; generation
+    then runs no forward of its own (the rows it would have forwarded came with their logits)."""
+    spec = {"name": "mix", "weights": [0.6, 0.4], "samplers": [{"name": "teacher-generated", "group": 8}, other]}
+    tiny_spec["datasets"]["noise"]["inputs"] = "dense"  # float rows with teacher-generated ids: stored, not redrawn
+    mix, builder = build(tiny_spec, spec, 10)
+    teacher, sizes = builder.teacher, []
+    forward = type(teacher).logits
+    monkeypatch.setattr(type(teacher), "logits", lambda self, x, positions: sizes.append(x.batch_size) or forward(self, x, positions))
+    x = mix.sample([9, 2, 3, 12, 4], 1)  # two groups, out of order
+    assert x.logit_rows().all()
+    assert sizes and max(sizes) > 2  # the group's other rows together, not the batch's few
+    full = forward(teacher, Inputs(x.lengths, x.ids, x.soft), "all")
+    torch.testing.assert_close(x.logits, full, atol=1e-5, rtol=1e-5)
+    alone = [mix.sample([i], 1) for i in [9, 2, 3, 12, 4]]  # the same rows, asked for one at a time
+    assert all(torch.equal(rows(a)[0], rows(x)[r]) for r, a in enumerate(alone))
+    torch.testing.assert_close(torch.cat([a.logits for a in alone]), x.logits, atol=1e-6, rtol=0)
+
+
 def test_teacher_generated_logits_on_smollm2(smollm2_teacher):
     ctx = BuildContext(vocab_size=smollm2_teacher.vocab_size, max_seq_len=12, teacher=lambda: smollm2_teacher)
     gen = TeacherGenerated(TeacherGeneratedParams(group=4, prefix=2, top_p=0.95), ctx)

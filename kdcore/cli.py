@@ -182,7 +182,8 @@ def run(spec: Path = SpecArg, dry_run: bool = typer.Option(False, "--dry-run", h
 def inspect(store: Path = typer.Argument(..., help="a store folder, e.g. store/negten"),
             json_out: bool = typer.Option(False, "--json", help="print JSON"),
             verify: bool = typer.Option(True, help="read every block and check its checksums")):
-    """Describe a generated store: spec, teacher, arrays, size, completion, damage and target diagnostics."""
+    """Describe a generated store: spec, teacher, arrays, size, completion, damage and target
+    diagnostics. Exit code 1 when a block is damaged (after the report), as for any bad input."""
     from kdcore.inspect import inspect_store, print_report
 
     report = inspect_store(store, verify=verify)
@@ -190,6 +191,8 @@ def inspect(store: Path = typer.Argument(..., help="a store folder, e.g. store/n
         out.print_json(json.dumps(report))
     else:
         print_report(report, out)
+    if report["damaged"]:
+        raise typer.Exit(1)
 
 
 @app.command()

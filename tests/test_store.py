@@ -196,7 +196,7 @@ def test_truncated_commit_flag_counts_as_uncommitted(tmp_path):
     rep = inspect_store(tmp_path / "s")
     assert rep["blocks"]["committed"] == 2 and any("block 1" in u for u in rep["unreadable"])
     r = kd_inspect(tmp_path / "s")
-    assert r.returncode == 0 and "Traceback" not in r.stderr + r.stdout and "unreadable" in r.stdout
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout and "unreadable" in r.stdout
 
 
 @pytest.mark.parametrize("array", ["logits", "length"])
@@ -207,7 +207,7 @@ def test_inspect_truncated_chunk_is_reported(tmp_path, array):
     rep = inspect_store(tmp_path / "s")
     assert any("block 0" in u for u in rep["targets"]["unreadable"] + rep.get("unreadable", []))
     r = kd_inspect(tmp_path / "s")
-    assert r.returncode == 0 and "Traceback" not in r.stderr + r.stdout
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
     assert "unreadable" in r.stdout
 
 
@@ -265,4 +265,5 @@ def test_inspect_names_damaged_blocks_and_skips_them(tmp_path):
     assert rep["targets"]["targets_read"] == 40
     assert inspect_store(tmp_path / "s", verify=False)["damaged"] == {}  # a stat cannot see it
     r = kd_inspect(tmp_path / "s")
-    assert r.returncode == 0 and "damaged" in r.stdout and "block 3: logits: checksum mismatch" in r.stdout
+    assert r.returncode == 1 and "damaged" in r.stdout and "block 3: logits: checksum mismatch" in r.stdout
+    assert kd_inspect(tmp_path / "s", "--no-verify").returncode == 0  # nothing seen, nothing reported

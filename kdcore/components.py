@@ -331,8 +331,8 @@ def check_sample(inputs: Any, indices: Sequence[int], vocab_size: int, max_seq_l
         return f"lengths has shape {tuple(lengths.shape)}, expected ({B},)"
     if B and (int(lengths.min()) < 1 or int(lengths.max()) > S):
         return f"lengths must be in [1, {S}] (got {int(lengths.min())} .. {int(lengths.max())})"
-    if inputs.logits is not None and tuple(inputs.logits.shape) != (B, S, vocab_size):
-        return f"logits must be ({B}, {S}, {vocab_size}), got {tuple(inputs.logits.shape)}"
+    if inputs.logits is not None and (tuple(inputs.logits.shape) != (B, S, vocab_size) or inputs.logits.dtype != torch.float32):
+        return f"logits must be ({B}, {S}, {vocab_size}) float32, got {tuple(inputs.logits.shape)} {str(inputs.logits.dtype).removeprefix('torch.')}"
     if inputs.has_logits is not None and (tuple(inputs.has_logits.shape) != (B,) or inputs.has_logits.dtype != torch.bool):
         return f"has_logits must be ({B},) bool, got {tuple(inputs.has_logits.shape)} {str(inputs.has_logits.dtype).removeprefix('torch.')}"
     if produces == "ids":

@@ -167,10 +167,12 @@ def teacher_logits(teacher, inputs: Inputs, positions: str) -> torch.Tensor:
     if not have.any():
         return teacher.logits(inputs.to(teacher.device), positions)
     out = inputs.logits
-    if positions == "last":
-        out = out[torch.arange(len(out), device=out.device), inputs.lengths.to(out.device) - 1]
     rest = (~have).nonzero()[:, 0]
-    if len(rest):  # filled in place: the batch's own tensor
+    if positions == "last":  # a gather: a new tensor
+        out = out[torch.arange(len(out), device=out.device), inputs.lengths.to(out.device) - 1]
+    elif len(rest):  # filled below: not the sampler's own tensor (it may be a view of its cache)
+        out = out.clone()
+    if len(rest):
         out[rest.to(out.device)] = teacher.logits(inputs.rows(rest).to(teacher.device), positions).to(out.device)
     return out
 
@@ -181,12 +183,15 @@ def concat(parts: list[dict]) -> dict[str, np.ndarray]:
 
 def owned_blocks(store: Store, layout: Layout, group: int | None) -> list[int]:
     """This rank's pending blocks: b % world, or, for a sampler that decodes fixed groups of samples
-    together (`group`), by the group of the block's first row, so that each group is decoded by one
-    rank (a block that straddles two groups shares the second with its neighbour's rank)."""
+    together (`group`) larger than a block, by the group of the block's first row, so that each group
+    is decoded by one rank (a block that straddles two groups shares the second with its neighbour's
+    rank). Groups no larger than a block go by block, as otherwise every block could start in a
+    group of rank 0."""
     rank, world = dist.rank(), dist.world()
     if not group or world == 1:
         return store.pending_blocks(rank, world)
-    return [b for b in store.pending_blocks(0, 1) if layout.block_range(b)[0] // group % world == rank]
+    unit = max(group, layout.block_rows)
+    return [b for b in store.pending_blocks(0, 1) if layout.block_range(b)[0] // unit % world == rank]
 
 
 def generate(spec: Spec, dataset: str, builder: Builder | None = None, overwrite: bool = False,
@@ -236,6 +241,7 @@ def _generate(spec: Spec, dataset: str, builder: Builder | None, overwrite: bool
             if ahead and i + 1 < len(batches):
                 upcoming = sampling.submit(sampler.sample, batches[i + 1][1], ds.seed)
             part = forward(indices, inputs)
+            del inputs  # a view of a sampler's cached group: let the next group reuse its memory
             parts.append(part)
             done += len(indices)
             tokens += int(part["length"].sum())

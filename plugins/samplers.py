@@ -262,8 +262,9 @@ class Grouped:
         for g in groups:
             row_of, x = self._group(seed, g, members)
             mine = [r for r, i in enumerate(indices) if i // self.group == g]
-            parts.append(x.rows(torch.tensor([row_of[indices[r]] for r in mine])))
+            parts.append(x.rows(torch.tensor([row_of[indices[r]] for r in mine])))  # a copy
             where += mine
+            x = None  # the next group may be made: not held here
         return Inputs.cat(parts).rows(torch.tensor(where).argsort())
 
 
@@ -321,17 +322,20 @@ class TeacherBatched(Grouped):
     together in full batches (`batch_size` rows) rather than a few rows in each generation batch, each
     of which would cost nearly a full batch's forward (a forward's weight reads are shared by its rows)."""
 
-    def __init__(self, inner, group: int, teacher, batch_size: int):
+    def __init__(self, inner, group: int, teacher, batch_size: int, max_seq_len: int, vocab_size: int):
         self.inner, self.group, self._teacher, self.batch_size = inner, group, teacher, batch_size
-        self.produces = inner.produces
+        self.S, self.V, self.produces = max_seq_len, vocab_size, inner.produces
         self._last: tuple | None = None
 
     def make(self, seed: int, indices: list[int]) -> Inputs:
         x = self.inner.sample(indices, seed)
+        rest = (~x.logit_rows()).nonzero()[:, 0]  # a child that ran the teacher (a nested mix) brought some
         teacher = self._teacher()
-        logits = [teacher.logits(x.rows(slice(s, s + self.batch_size)).to(teacher.device), "all")
-                  for s in range(0, len(indices), self.batch_size)]
-        return Inputs(x.lengths, x.ids, x.soft, logits=torch.cat(logits))
+        logits = x.logits.clone() if x.logits is not None else torch.empty(len(indices), self.S, self.V, device=teacher.device)
+        for s in range(0, len(rest), self.batch_size):
+            rows = rest[s : s + self.batch_size]
+            logits[rows.to(logits.device)] = teacher.logits(x.rows(rows).to(teacher.device), "all").to(logits.device)
+        return Inputs(x.lengths, x.ids, x.soft, logits=logits)
 
 
 class MixParams(Params):
@@ -355,10 +359,13 @@ class Mix:
         self.V, self.S = ctx.vocab_size, ctx.max_seq_len
         self.children = [ctx.build("sampler", ref) for ref in params.samplers]
         groups = [c.group for c in self.children if getattr(c, "group", None)]
-        self.group = math.lcm(*groups) if groups else None
+        self.group = max(groups) if groups else None
+        if any(self.group % g for g in groups):  # decoded together, they would need groups of their lcm
+            raise ParamError("samplers", f"the children's groups must divide the largest one (got {sorted(set(groups))})")
         if self.group:  # the teacher runs for this mix anyway: every child's rows come with its logits
             self.children = [c if getattr(c, "takes_members", False) else
-                             TeacherBatched(c, self.group, ctx.teacher, ctx.batch_size) for c in self.children]
+                             TeacherBatched(c, self.group, ctx.teacher, ctx.batch_size, self.S, self.V)
+                             for c in self.children]
         w = torch.tensor(params.weights or [1.0] * len(self.children), dtype=torch.float64)
         self.cdf = (w / w.sum()).cumsum(0)
         self.produces = "ids" if all(c.produces == "ids" for c in self.children) else "soft"

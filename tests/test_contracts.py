@@ -126,7 +126,7 @@ def test_a_teacher_without_required_attributes_is_named_when_built(tiny_spec, re
 @pytest.mark.parametrize("name, fragment", [
     ("past-vocab", "ids must be in [0, 64) (the teacher's vocabulary), got 1000 .. 1000"),
     ("wrong-shape", "float rows must be (8, 6, 64) float, got (8, 6, 7) float32"),
-    ("wrong-logits", "logits must be (8, 6, 64), got (8, 64)"),
+    ("wrong-logits", "logits must be (8, 6, 64) float32, got (8, 64) float32"),
 ])
 def test_a_sampler_breaking_its_contract_is_named_at_generation(tiny_spec, registry, name, fragment):
     spec = parse_spec(with_sampler(tiny_spec, name), registry=registry)

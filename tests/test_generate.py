@@ -21,7 +21,7 @@ import zarr
 from kdcore.build import Builder
 from kdcore.components import Inputs
 from kdcore.generate import generate
-from kdcore.spec import load_spec
+from kdcore.spec import load_spec, parse_spec
 from kdcore.store import FORMAT_VERSION, Store
 
 BIN = Path(sys.executable).parent
@@ -452,7 +452,8 @@ def test_kill9_resume_equals_uninterrupted(tiny_spec, write_spec, tmp_path):
 # --- torchrun ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("group, want", [(None, [[0, 2, 4], [1, 3]]), (16, [[0, 1, 4], [2, 3]]), (64, [[0, 1, 2, 3, 4], []])])
+@pytest.mark.parametrize("group, want", [(None, [[0, 2, 4], [1, 3]]), (16, [[0, 1, 4], [2, 3]]), (64, [[0, 1, 2, 3, 4], []]),
+                                         (4, [[0, 2, 4], [1, 3]])])  # groups inside a block: by block, not all on rank 0
 def test_a_decoded_group_belongs_to_one_rank(tmp_path, monkeypatch, group, want):
     from kdcore import dist
     from kdcore.generate import owned_blocks
@@ -467,6 +468,18 @@ def test_a_decoded_group_belongs_to_one_rank(tmp_path, monkeypatch, group, want)
         assert owned_blocks(store, layout, group) == want[rank]
 
 
+def test_rows_a_sampler_brought_without_logits_do_not_change_its_tensor(tiny_spec):
+    """Generation fills the forward's logits into a copy: the sampler's tensor may be a view of its cache."""
+    from kdcore.generate import teacher_logits
+
+    teacher = Builder(parse_spec(tiny_spec)).teacher
+    ids = torch.randint(0, 64, (3, 6), generator=torch.Generator().manual_seed(0))
+    brought = torch.full((3, 6, 64), 7.0)
+    x = Inputs(torch.full((3,), 6), ids=ids, logits=brought, has_logits=torch.tensor([True, False, True]))
+    out = teacher_logits(teacher, x, "all")
+    assert (brought == 7.0).all()  # untouched
+    torch.testing.assert_close(out[1], teacher.logits(Inputs(torch.full((1,), 6), ids=ids[1:2]), "all")[0])
+    assert (out[[0, 2]] == 7.0).all()
 
 
 @pytest.mark.parametrize("sampler", [None, MIX], ids=["length-mix-uniform", "mix-teacher-generated"])

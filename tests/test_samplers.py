@@ -10,7 +10,8 @@ import torch
 
 from kd_plugins.samplers import TeacherGenerated, TeacherGeneratedParams, nucleus
 from kdcore.build import Builder
-from kdcore.components import BuildContext, Inputs
+from kdcore.components import BuildContext, Inputs, sample_seed
+from kdcore.errors import SpecError
 from kdcore.spec import parse_spec
 
 # one configuration per registered sampler (a new sampler must be added here: see the test below)
@@ -243,6 +244,31 @@ def test_a_mix_with_teacher_generated_brings_every_rows_logits(tiny_spec, monkey
     alone = [mix.sample([i], 1) for i in [9, 2, 3, 12, 4]]  # the same rows, asked for one at a time
     assert all(torch.equal(rows(a)[0], rows(x)[r]) for r, a in enumerate(alone))
     torch.testing.assert_close(torch.cat([a.logits for a in alone]), x.logits, atol=1e-6, rtol=0)
+
+
+def test_a_mix_refuses_groups_that_do_not_divide_each_other(tiny_spec):
+    spec = {"name": "mix", "samplers": [{"name": "teacher-generated", "group": 6}, {"name": "teacher-generated", "group": 4}]}
+    with pytest.raises(SpecError) as e:
+        build(tiny_spec, spec, 10)
+    assert "datasets.noise.sampler.samplers: the children's groups must divide the largest one (got [4, 6])" in str(e.value)
+
+
+def test_a_nested_mix_keeps_the_logits_its_decode_brought(tiny_spec, monkeypatch):
+    inner = {"name": "mix", "samplers": [{"name": "teacher-generated", "group": 4}, {"name": "random-ids"}]}
+    mix, builder = build(tiny_spec, {"name": "mix", "samplers": [inner, {"name": "random-ids"}]}, 8)
+    teacher, forwarded = builder.teacher, []
+    forward = type(teacher).logits
+    monkeypatch.setattr(type(teacher), "logits", lambda self, x, p: forwarded.append(x.ids.clone()) or forward(self, x, p))
+    x = mix.sample(range(8), 3)
+    assert x.logit_rows().all()
+    torch.testing.assert_close(x.logits, forward(teacher, Inputs(x.lengths, x.ids), "all"), atol=1e-5, rtol=1e-5)
+    outer = mix.inner
+    inner, inner_seed = outer.children[0].inner, sample_seed(3, 0, salt=3)
+    # the inner mix's random-ids rows of each group it was asked for random rows of, and the outer's
+    spans = {i // 4 for i in range(8) if outer.choice(3, i) == 0 and inner.choice(inner_seed, i) == 1}
+    random_rows = sum(outer.choice(3, i) == 1 for i in range(8)) + \
+        sum(inner.choice(inner_seed, i) == 1 for g in spans for i in range(4 * g, 4 * g + 4))
+    assert sum(len(f) for f in forwarded) == random_rows  # the random-ids rows only: no decoded row again
 
 
 def test_teacher_generated_logits_on_smollm2(smollm2_teacher):

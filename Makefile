@@ -28,10 +28,12 @@ test: install
 
 bench: install
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/generation.py --sampler mix --positions all --topk 64
 	$(BIN)/python bench/training.py
 
 study: install
-	$(BIN)/kd study experiments/study
+	$(BIN)/kd study experiments/study experiments/study_4x
+	$(BIN)/kd study experiments/study_subclone --out runs/study_subclone
 
 clean:
 	rm -rf $(VENV) store runs

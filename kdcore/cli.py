@@ -206,12 +206,14 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders (runs/<expe
 
 @app.command()
 def study(folders: list[Path] = typer.Argument(..., help="folders of specs, e.g. experiments/study"),
-          output: Optional[Path] = typer.Option(None, "--out", help="default: <runs_dir>/study")):
+          output: Optional[Path] = typer.Option(None, "--out", help="default: <runs_dir>/study"),
+          complete_only: bool = typer.Option(False, "--complete-only",
+                                             help="compare the specs whose runs are complete; run nothing")):
     """Run every spec in the folders (resumable), then compare them: a table per evaluation text, and
     agreement and KL against the budget where a recipe ran at several."""
     from kdcore.study import run_study
 
-    run_study(folders, output)
+    run_study(folders, output, complete_only)
 
 
 @app.command()

@@ -1,6 +1,7 @@
 """A recipe study: run every spec in one or more folders (each stage resumable), then compare them.
 
     kd study experiments/study experiments/study_4x --out runs/study
+    kd study experiments/study experiments/study_4x --complete-only   # compare what has run, run nothing
 
 Writes compare.md (one table per evaluation text), compare.json, compare_texts.json, compare.png,
 budget.png (where one recipe ran at several budgets) and timings.json into the output folder.
@@ -19,7 +20,9 @@ from kdcore.errors import KDError
 console = Console()
 
 
-def run_study(folders: list[Path], out_dir: Path | None = None) -> dict[str, list[dict]]:
+def run_study(folders: list[Path], out_dir: Path | None = None, complete_only: bool = False) -> dict[str, list[dict]]:
+    """`complete_only`: compare the specs whose runs are complete and up to date, run nothing, and
+    name the others (a study spanning sessions, read part-way)."""
     from kdcore.compare import common_texts, compare_rows, load_report, write_comparison
     from kdcore.report import rich_table
     from kdcore.runner import Runner
@@ -32,23 +35,34 @@ def run_study(folders: list[Path], out_dir: Path | None = None) -> dict[str, lis
     out_dir = Path(out_dir or Path(loaded[0].runs_dir) / "study")
     timings_file = out_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    done, pending = [], []
     for path, spec in zip(specs, loaded):
         console.rule(f"{path}")
         runner = Runner(spec)
         if runner.up_to_date():  # its time stays the one measured when it ran
             runner.evaluate(force=False)
+            done.append(spec)
+            continue
+        if complete_only:
+            pending.append(str(path))
             continue
         start = time.perf_counter()
         runner.run()
         timings[spec.name] = round(time.perf_counter() - start, 1)
         out_dir.mkdir(parents=True, exist_ok=True)
         timings_file.write_text(json.dumps(timings, indent=2))  # a long study is interrupted: keep what ran
-    reports = [load_report(s.run_path) for s in loaded]
+        done.append(spec)
+    if not done:
+        raise KDError(f"{', '.join(map(str, folders))}: no spec has a complete run yet")
+    reports = [load_report(s.run_path) for s in done]
     tables = {text: compare_rows(reports, text) for text in common_texts(reports)}
     for text, rows in tables.items():
         console.print(rich_table(rows, f"vs teacher on {text}"))
-    total = sum(timings.get(s.name, 0) for s in loaded)
-    write_comparison(reports, tables, out_dir, f"Wall time of all specs, each as measured when it last ran: "
-                     f"{total / 60:.1f} min; per spec in timings.json.")
-    console.print(f"study: {len(specs)} specs; tables in {out_dir / 'compare.md'}")
+    timed = [s.name for s in done if s.name in timings]
+    footer = (f"Wall time of the {len(timed)} specs `kd study` ran, each as measured when it last ran: "
+              f"{sum(timings[n] for n in timed) / 60:.1f} min; per spec in timings.json.")
+    if pending:
+        footer += f" Not run yet (left out above): {', '.join(pending)}."
+    write_comparison(reports, tables, out_dir, footer)
+    console.print(f"study: {len(done)} of {len(specs)} specs compared; tables in {out_dir / 'compare.md'}")
     return tables

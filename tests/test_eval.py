@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -169,3 +170,34 @@ def test_end_to_end_on_the_real_teacher(write_spec, tmp_path):
     inspect = _kd("inspect", str(tmp_path / "store" / "ids"), "--json")
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["teacher"]["name"] == "smollm2"
+
+
+def test_study_runs_each_spec_once_draws_the_budget_and_compares_part_way(tiny_spec, write_spec, tmp_path):
+    """`kd study` runs every spec of its folders, skips complete ones, plots a recipe over its
+    budgets; `--complete-only` compares what has run, runs nothing, and names what it left out."""
+    folder, out = tmp_path / "study", tmp_path / "out"
+    folder.mkdir()
+    for name, samples in (("a", 24), ("b", 48)):  # one recipe at two budgets
+        spec = copy.deepcopy(tiny_spec)
+        spec["name"], spec["recipe"] = f"tiny_{name}", "noise"
+        spec["datasets"] = {f"noise_{name}": dict(spec["datasets"]["noise"], samples=samples)}
+        spec["phases"][0]["dataset"] = f"noise_{name}"
+        write_spec(spec, f"study/{name}.toml")
+    result = _kd("study", str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    labels = [r["label"] for r in json.loads((out / "compare.json").read_text())]
+    assert labels[:2] == ["tiny_a", "tiny_b"] and "teacher" in labels
+    assert set(json.loads((out / "timings.json").read_text())) == {"tiny_a", "tiny_b"}
+    assert (out / "budget.png").exists() and (out / "compare.md").exists()
+    before = (tmp_path / "runs" / "tiny_a" / "eval" / "report.json").read_bytes()
+
+    late = copy.deepcopy(tiny_spec)
+    late["name"], late["datasets"] = "tiny_c", {"noise_c": late["datasets"]["noise"]}
+    late["phases"][0]["dataset"] = "noise_c"
+    write_spec(late, "study/c.toml")
+    result = _kd("study", str(folder), "--out", str(out), "--complete-only")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert not (tmp_path / "runs" / "tiny_c").exists()  # nothing ran
+    assert (tmp_path / "runs" / "tiny_a" / "eval" / "report.json").read_bytes() == before  # nor re-ran
+    assert f"Not run yet (left out above): {folder / 'c.toml'}" in (out / "compare.md").read_text()
+    assert "tiny_c" not in [r["label"] for r in json.loads((out / "compare.json").read_text())]

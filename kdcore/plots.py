@@ -114,6 +114,8 @@ def plot_budget(reports: list[dict], out: Path) -> Path:
                         marker="o", ms=4, lw=1, color=f"C{c % 10}", label=recipe)
             ax.axhline(_metric(reports[0], text, key, "unigram"), ls="--", lw=1, color="grey", label="unigram")
             ax.set_xscale("log")
+            if key == "ppl_vs_unigram":  # ratios from ~0.2 to ~100: below and above 1 both readable
+                ax.set_yscale("log")
             ax.set_xlabel("training tokens")
             ax.set_title(f"{title}\n{text}", fontsize=9)
     axes[0][-1].legend(fontsize=6, loc="best")

@@ -60,7 +60,7 @@ def run_study(folders: list[Path], out_dir: Path | None = None, complete_only: b
         console.print(rich_table(rows, f"vs teacher on {text}"))
     timed = [s.name for s in done if s.name in timings]
     footer = (f"Wall time of the {len(timed)} specs `kd study` ran, each as measured when it last ran: "
-              f"{sum(timings[n] for n in timed) / 60:.1f} min; per spec in timings.json.")
+              f"{sum(timings[n] for n in timed) / 60:.1f} min; per spec in timings.json." if timed else "")
     if pending:
         footer += f" Not run yet (left out above): {', '.join(pending)}."
     write_comparison(reports, tables, out_dir, footer)

@@ -36,8 +36,8 @@ def common_texts(reports: list[dict]) -> list[str]:
 
 
 def compare_rows(reports: list[dict], text: str | None = None) -> list[dict]:
-    """One row per run's student, then the baselines of the first run, then the teacher, on `text`
-    (default: the first run's main text); perplexity also as a ratio to the unigram's."""
+    """One row per run's student, then each distinct untrained student, the unigram baseline, and the
+    teacher, on `text` (default: the first run's main text); perplexity also as a ratio to the unigram's."""
     text = text or reports[0]["text"]
     for key in ("seq_len", "positions"):
         seen = {str(r.get(key)) for r in reports}
@@ -52,9 +52,15 @@ def compare_rows(reports: list[dict], text: str | None = None) -> list[dict]:
     on = [r["texts"][text] for r in reports]
     rows = [{"label": r["experiment"], **t["results"]["student"]} for r, t in zip(reports, on)]
     base, first = reports[0], on[0]
-    # baselines of the first run (its student architecture, for the untrained one)
-    rows += [{"label": name if len(reports) == 1 else f"{name} ({base['experiment']})", **first["results"][name]}
-             for name in ("untrained", "unigram")]
+    name = lambda kind, r: kind if len(reports) == 1 else f"{kind} ({r['experiment']})"  # noqa: E731
+    # one untrained row per distinct starting student (another width, or weights cut from the
+    # teacher: the subclone before training), named by the first run that has it; the unigram's
+    seen = []
+    for r, t in zip(reports, on):
+        if t["results"]["untrained"] not in seen:
+            seen.append(t["results"]["untrained"])
+            rows.append({"label": name("untrained", r), **t["results"]["untrained"]})
+    rows.append({"label": name("unigram", base), **first["results"]["unigram"]})
     rows.append(teacher_row(first["teacher"]))
     return with_unigram_ratio(rows, first["results"]["unigram"]["perplexity"])
 

@@ -201,3 +201,21 @@ def test_study_runs_each_spec_once_draws_the_budget_and_compares_part_way(tiny_s
     assert (tmp_path / "runs" / "tiny_a" / "eval" / "report.json").read_bytes() == before  # nor re-ran
     assert f"Not run yet (left out above): {folder / 'c.toml'}" in (out / "compare.md").read_text()
     assert "tiny_c" not in [r["label"] for r in json.loads((out / "compare.json").read_text())]
+
+
+def test_compare_shows_each_distinct_untrained_student_once():
+    """Runs that start from different students (a subclone, another width) each get their untrained
+    row; runs that share one get a single row."""
+    from kdcore.compare import compare_rows
+
+    def report(name: str, untrained_kl: float) -> dict:
+        metrics = lambda kl: {"top1_agreement": 0.1, "kl_teacher_student": kl, "perplexity": 100.0}  # noqa: E731
+        results = {"student": metrics(3.0), "untrained": metrics(untrained_kl), "unigram": metrics(5.0)}
+        return {"experiment": name, "text": "t", "seq_len": 16, "positions": "all",
+                "texts": {"t": {"windows": 8, "results": results, "teacher": {"perplexity": 10.0, "distinct_predicted": 5}}}}
+
+    rows = compare_rows([report("a_random", 7.0), report("b_random", 7.0), report("c_subclone", 13.0)])
+    labels = [r["label"] for r in rows]
+    assert labels == ["a_random", "b_random", "c_subclone", "untrained (a_random)", "untrained (c_subclone)",
+                      "unigram (a_random)", "teacher"]
+    assert [r["kl_teacher_student"] for r in rows[3:5]] == [7.0, 13.0]

@@ -19,7 +19,7 @@ import torch
 
 from kdcore import dist
 from kdcore.build import Builder
-from kdcore.components import Inputs, Targets, sample_seed
+from kdcore.components import Inputs, Targets, last_positions, runs_teacher, sample_seed
 from kdcore.errors import KDError, StoreError
 from kdcore.locks import hold
 from kdcore.progress import bar, console
@@ -169,7 +169,7 @@ def teacher_logits(teacher, inputs: Inputs, positions: str) -> torch.Tensor:
     out = inputs.logits
     rest = (~have).nonzero()[:, 0]
     if positions == "last":  # a gather: a new tensor
-        out = out[torch.arange(len(out), device=out.device), inputs.lengths.to(out.device) - 1]
+        out = last_positions(out, inputs.lengths)
     elif len(rest):  # filled below: not the sampler's own tensor (it may be a view of its cache)
         out = out.clone()
     if len(rest):
@@ -231,7 +231,7 @@ def _generate(spec: Spec, dataset: str, builder: Builder | None, overwrite: bool
     # the next batch is sampled, and finished blocks written, by idle-priority helpers (kdcore.threads)
     # while the teacher runs this batch; a sampler that runs the teacher itself is the teacher's work,
     # done here in turn at normal priority
-    ahead = not getattr(sampler, "runs_teacher", False)
+    ahead = not runs_teacher(sampler)
     with bar(progress and dist.is_main()) as pbar, background("sample") as sampling, background("write") as writer:
         task = pbar.add_task(f"generate {dataset}", total=todo, rate="")
         upcoming = sampling.submit(sampler.sample, batches[0][1], ds.seed) if batches and ahead else None

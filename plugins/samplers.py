@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from pydantic import Field, model_validator
 
-from kdcore.components import BuildContext, Inputs, ParamError, Params, generator, sample_seed
+from kdcore.components import BuildContext, Inputs, ParamError, Params, generator, runs_teacher, sample_seed
 from kdcore.spec import SamplerRef
 from kdcore.threads import spread
 
@@ -111,7 +111,7 @@ class LengthMix:
         self.inner = ctx.build("sampler", params.sampler)
         self.produces = self.inner.produces
         self.deterministic = self.inner.deterministic
-        self.runs_teacher = getattr(self.inner, "runs_teacher", False)
+        self.runs_teacher = runs_teacher(self.inner)
         self.group = getattr(self.inner, "group", None)
         self.takes_members = getattr(self.inner, "takes_members", False)
 
@@ -369,7 +369,7 @@ class Mix:
         w = torch.tensor(params.weights or [1.0] * len(self.children), dtype=torch.float64)
         self.cdf = (w / w.sum()).cumsum(0)
         self.produces = "ids" if all(c.produces == "ids" for c in self.children) else "soft"
-        self.runs_teacher = any(getattr(c, "runs_teacher", False) for c in self.children)
+        self.runs_teacher = any(runs_teacher(c) for c in self.children)
         self.deterministic = "device" if any(c.deterministic == "device" for c in self.children) else "pure"
 
     def choice(self, seed: int, index: int) -> int:
@@ -397,8 +397,8 @@ class Mix:
             lengths[where] = part.lengths
             rows[where] = part.ids if self.produces == "ids" else part.as_soft(self.V)
             if part.logits is not None:
-                if logits is None:
-                    logits = torch.zeros(n, self.S, self.V, device=part.logits.device)
+                if logits is None:  # rows without logits (has_logits False) are never read: no fill
+                    logits = torch.empty(n, self.S, self.V, device=part.logits.device)
                 logits[where.to(logits.device)] = part.logits
                 has_logits[where] = part.logit_rows()
         if logits is None:

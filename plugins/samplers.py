@@ -201,6 +201,9 @@ class TeacherGeneratedParams(Params):
     """The teacher writes the sequences itself from random first token(s); inputs are their ids."""
 
     prefix: int = Field(1, ge=1, description="random first tokens")
+    burn_in: int = Field(0, ge=0, description="tokens written before each stored window and dropped: the window "
+                                              "starts mid-text, as an evaluation window does, not at a random token "
+                                              "(costs the extra decode steps and one forward of the window)")
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0, description="0: off")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -280,10 +283,11 @@ class TeacherGenerated(Grouped):
 
     def __init__(self, params: TeacherGeneratedParams, ctx: BuildContext):
         self.p, self.S, self.V = params, ctx.max_seq_len, ctx.vocab_size
-        if params.prefix > self.S:
-            raise ParamError("prefix", f"{params.prefix} is longer than max_seq_len {self.S}")
+        if params.prefix > self.S + params.burn_in:
+            raise ParamError("prefix", f"{params.prefix} is longer than max_seq_len {self.S}"
+                             + (f" + burn_in {params.burn_in}" if params.burn_in else ""))
         self.group = params.group
-        self._teacher = ctx.teacher
+        self._teacher, self.batch_size = ctx.teacher, ctx.batch_size
         self._last: tuple | None = None
 
     def draw(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -308,12 +312,21 @@ class TeacherGenerated(Grouped):
         """These samples decoded together: their ids and the teacher's logits."""
         gens = [generator(seed, i, salt=4) for i in indices]
         first = torch.stack([torch.randint(0, self.V, (self.p.prefix,), generator=g) for g in gens])
-        steps = self.S - self.p.prefix
+        burn_in = self.p.burn_in
+        steps = self.S + burn_in - self.p.prefix
         u = torch.stack([torch.rand(steps, generator=g, dtype=torch.float64) for g in gens])
         teacher = self._teacher()
         logits = torch.empty(len(indices), self.S, self.V, device=teacher.device)
-        ids = teacher.generate(first, steps, lambda step_logits, step: self.draw(step_logits, u[:, step]), logits=logits)
-        return Inputs(_full(len(indices), self.S), ids=ids.cpu(), logits=logits)
+        pick = lambda step_logits, step: self.draw(step_logits, u[:, step])  # noqa: E731
+        if not burn_in:  # the decode's own logits are the targets
+            ids = teacher.generate(first, steps, pick, logits=logits)
+            return Inputs(_full(len(indices), self.S), ids=ids.cpu(), logits=logits)
+        # the decode's logits saw the dropped tokens: the window's targets are a forward of it alone
+        x = Inputs(_full(len(indices), self.S), ids=teacher.generate(first, steps, pick)[:, burn_in:].cpu())
+        for s in range(0, len(indices), self.batch_size):
+            rows = slice(s, s + self.batch_size)
+            logits[rows] = teacher.logits(x.rows(rows).to(teacher.device), "all")
+        return Inputs(x.lengths, ids=x.ids, logits=logits)
 
 
 class TeacherBatched(Grouped):

@@ -176,7 +176,8 @@ MIX = {"name": "mix", "weights": [0.7, 0.3], "samplers": [TEACHER_GENERATED, {"n
     (TEACHER_GENERATED, "all"),  # the decode's own logits are stored: no second forward
     ({"name": "length-mix", "min_len": 2, "sampler": TEACHER_GENERATED}, "last"),
     (MIX, "all"),  # decode logits for some rows, a forward for the random ones
-], ids=["random-ids", "teacher-generated", "length-mix-teacher-generated", "mix"])
+    ({**TEACHER_GENERATED, "burn_in": 3}, "all"),  # a forward of each window, the decode's logits dropped
+], ids=["random-ids", "teacher-generated", "length-mix-teacher-generated", "mix", "teacher-generated-burn-in"])
 def test_ids_sampler_stores_ids_and_the_teachers_logits(tiny_spec, write_spec, sampler, positions):
     spec = with_dataset(tiny_spec, sampler=sampler, positions=positions)
     path = write_spec(spec)
@@ -226,7 +227,8 @@ def test_batch_size_does_not_change_the_store(tiny_spec, write_spec, tmp_path):
     # groups of 6 straddle the blocks of 8: a resumed block decodes its groups again, whole
     ({**TEACHER_GENERATED, "top_k": 8}, {"positions": "all", "logits": "topk", "topk": 4}),
     (MIX, {}),
-], ids=["teacher-generated", "teacher-generated-straddling-topk-all", "mix"])
+    ({**TEACHER_GENERATED, "burn_in": 5}, {"positions": "all"}),
+], ids=["teacher-generated", "teacher-generated-straddling-topk-all", "mix", "teacher-generated-burn-in"])
 def test_new_samplers_give_the_same_store_for_any_batch_size_and_resume_point(tiny_spec, write_spec, tmp_path,
                                                                                sampler, targets):
     spec = with_dataset(tiny_spec, sampler=sampler, samples=24, block_size=8, batch_size=3, **targets)

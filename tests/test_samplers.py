@@ -226,6 +226,29 @@ def test_teacher_generated_logits_are_the_teachers(tiny_spec):
     assert (full[:, 1:-1].gather(-1, x.ids[:, 2:, None]) > -math.inf).all()
 
 
+@pytest.mark.parametrize("setting", [{"top_p": 0.9}, {"top_k": 1}])
+def test_teacher_generated_burn_in_stores_the_end_of_a_longer_decode(tiny_spec, setting):
+    """With burn_in, a window is the last max_seq_len tokens of the decode burn_in tokens longer (the
+    same draws), and its targets are the teacher's on the window alone, whatever the teacher batch."""
+    tiny_spec["datasets"]["noise"]["batch_size"] = 3  # the window's forward in batches of 3: 8 rows straddle them
+    gen, builder = build(tiny_spec, {"name": "teacher-generated", "group": 8, "burn_in": 4, **setting}, 6)
+    longer, _ = build(tiny_spec, {"name": "teacher-generated", "group": 8, **setting}, 10)
+    x, full = gen.sample(range(8), 1), longer.sample(range(8), 1)
+    assert torch.equal(x.ids, full.ids[:, 4:]) and (x.lengths == 6).all()
+    alone = builder.teacher.logits(Inputs(x.lengths, ids=x.ids), "all")
+    torch.testing.assert_close(x.logits, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(x.logits, full.logits[:, 4:], atol=1e-3)  # not the decode's: those saw the burn-in
+    assert torch.equal(gen.sample([5, 2], 1).ids, x.ids[[5, 2]])
+
+
+def test_teacher_generated_prefix_may_reach_into_the_burn_in(tiny_spec):
+    gen, _ = build(tiny_spec, {"name": "teacher-generated", "group": 4, "prefix": 8, "burn_in": 4}, 6)
+    assert gen.sample(range(4), 0).ids.shape == (4, 6)
+    with pytest.raises(SpecError) as e:
+        build(tiny_spec, {"name": "teacher-generated", "prefix": 11, "burn_in": 4}, 6)
+    assert "datasets.noise.sampler.prefix: 11 is longer than max_seq_len 6 + burn_in 4" in str(e.value)
+
+
 @pytest.mark.parametrize("other", [{"name": "random-ids"}, {"name": "uniform"}])
 def test_a_mix_with_teacher_generated_brings_every_rows_logits(tiny_spec, monkeypatch, other):
     """The mix's other rows go through the teacher a group at a time, in full batches; generation

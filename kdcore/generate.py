@@ -24,7 +24,7 @@ from kdcore.errors import KDError, StoreError
 from kdcore.locks import hold
 from kdcore.progress import bar, console
 from kdcore.spec import Spec, spec_hash
-from kdcore.store import Layout, Store, describe_damage, is_store
+from kdcore.store import Layout, Store, describe_damage, human_bytes, is_store
 from kdcore.threads import background
 
 
@@ -33,7 +33,7 @@ def layout_for(spec: Spec, dataset: str, vocab_size: int, produces: str) -> Layo
     return Layout(
         num_samples=ds.samples, max_seq_len=ds.max_seq_len, vocab_size=vocab_size,
         positions=ds.positions, logits=ds.logits, topk=ds.topk, inputs=ds.inputs,
-        produces=produces, block_rows=ds.block_size,
+        produces=produces, block_rows=min(ds.block_size, ds.samples),  # no block longer than the data
     )
 
 
@@ -96,7 +96,20 @@ def _prepare(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, 
         _mend(Store.open(path, mode="r+"), repair)
     else:
         Store.create(path, layout, attrs)
-    return None
+    return _space_error(Store.open(path), spec, dataset)
+
+
+def _space_error(store: Store, spec: Spec, dataset: str) -> str | None:
+    """Refuse before any teacher work when the blocks still to write, uncompressed, exceed the free
+    space beside the store: a full disk hours into a run stops it with nothing to show for the rest."""
+    layout = store.layout
+    rows = sum(np.subtract(*reversed(layout.block_range(b))) for b in np.flatnonzero(~store.committed()))
+    need, free = int(rows) * layout.bytes_per_sample(), shutil.disk_usage(store.path).free
+    if need <= free:
+        return None
+    return (f"datasets.{dataset}: {store.path} needs up to {human_bytes(need)} more for its {rows} samples still to "
+            f"generate (uncompressed), and {human_bytes(free)} is free on its disk. Nothing was generated; the "
+            f"store is kept. Free space, or set store_dir in {spec.source} to a larger disk.")
 
 
 def _differences(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, repair: bool) -> list[str]:

@@ -12,6 +12,7 @@ from kdcore.build import Builder
 from kdcore.errors import KDError
 from kdcore.metrics import MetricsLog
 from kdcore.spec import Spec
+from kdcore.store import human_bytes
 
 console = Console()
 
@@ -100,7 +101,7 @@ class Runner:
             forwards = -(-ds.samples // ds.batch_size)
             table.add_row("generate", f"{name}: {ds.samples} x {ds.max_seq_len} ({ds.sampler.name})",
                           f"{forwards} batches of {ds.batch_size}", f"{ds.samples * ds.max_seq_len:,}",
-                          _size(layout.bytes_per_sample() * ds.samples), self.store_status(name))
+                          human_bytes(layout.bytes_per_sample() * ds.samples), self.store_status(name))
         for i, p in enumerate(self.spec.phases):
             N = self.spec.datasets[p.dataset].samples
             steps = -(-N // p.batch_size) * p.epochs
@@ -124,11 +125,3 @@ class Runner:
         if store.differences(self.spec, dataset):
             return "made by another spec: refused (--overwrite replaces it)"
         return "complete" if store.complete else "resume"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PB"

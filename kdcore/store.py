@@ -91,6 +91,14 @@ class Layout:
         return self.max_seq_len * self.vocab_size * 2 + self.vocab_size * 4
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
 def checksum(values: np.ndarray) -> int:
     """CRC-32C of an array's bytes in C order (hardware-accelerated; its cost: DESIGN.md, "Store")."""
     import google_crc32c  # installed with zarr, whose crc32c codec uses it

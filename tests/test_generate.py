@@ -499,3 +499,37 @@ def test_torchrun_two_processes_equal_single_process(tiny_spec, write_spec, tmp_
     ref["store_dir"] = str(tmp_path / "ref")
     gen(write_spec(ref, "ref.toml"))
     assert_same_store(store, tmp_path / "ref" / "noise")
+
+
+def test_a_block_is_never_longer_than_the_dataset(tiny_spec, write_spec):
+    store = gen(write_spec(with_dataset(tiny_spec, samples=10, block_size=2**40)))  # was an 8 TiB allocation
+    assert store.layout.block_rows == 10 and store.complete and store.layout.num_blocks == 1
+
+
+def test_too_little_disk_space_is_refused_before_any_teacher_work(tiny_spec, write_spec, monkeypatch):
+    import shutil as real
+
+    from kdcore import generate as module
+    from kdcore.errors import StoreError
+
+    path = write_spec(with_dataset(tiny_spec, samples=24, block_size=8))
+    spec = load_spec(path)
+    free = {"bytes": 0}
+    monkeypatch.setattr(module.shutil, "disk_usage", lambda p: real._ntuple_diskusage(10**12, 0, free["bytes"]))
+    with pytest.raises(StoreError) as e:
+        generate(spec, "noise", progress=False)
+    store = Store.open(spec.store_path("noise"))
+    per_block = 8 * store.layout.bytes_per_sample()
+    assert (f"datasets.noise: {store.path} needs up to {module.human_bytes(3 * per_block)} more for its 24 samples "
+            "still to generate (uncompressed), and 0.0 B is free on its disk. Nothing was generated") in str(e.value)
+    assert not store.committed().any()
+    # a resumed store needs room for its missing blocks only
+    free["bytes"] = 10**12
+    generate(spec, "noise", progress=False)
+    lost = Store.open(spec.store_path("noise"), mode="r+")
+    lost.array("committed")[1] = 0
+    free["bytes"] = per_block
+    assert generate(spec, "noise", progress=False).complete
+    lost.array("committed")[1:] = 0
+    with pytest.raises(StoreError, match="needs up to .* more for its 16 samples"):
+        generate(spec, "noise", progress=False)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from kdcore.params import ParamError, Params, Seed  # noqa: F401  (re-exported: what plugins subclass and raise)
+from kdcore.params import ParamError, Params, Seed, added_field  # noqa: F401  (re-exported: what plugins subclass and raise)
 
 Positions = Literal["last", "all"]
 

@@ -96,20 +96,44 @@ def _prepare(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, 
         _mend(Store.open(path, mode="r+"), repair)
     else:
         Store.create(path, layout, attrs)
-    return _space_error(Store.open(path), spec, dataset)
+    return space_error(spec, {dataset: layout})
 
 
-def _space_error(store: Store, spec: Spec, dataset: str) -> str | None:
-    """Refuse before any teacher work when the blocks still to write, uncompressed, exceed the free
-    space beside the store: a full disk hours into a run stops it with nothing to show for the rest."""
-    layout = store.layout
-    rows = sum(np.subtract(*reversed(layout.block_range(b))) for b in np.flatnonzero(~store.committed()))
-    need, free = int(rows) * layout.bytes_per_sample(), shutil.disk_usage(store.path).free
-    if need <= free:
-        return None
-    return (f"datasets.{dataset}: {store.path} needs up to {human_bytes(need)} more for its {rows} samples still to "
-            f"generate (uncompressed), and {human_bytes(free)} is free on its disk. Nothing was generated; the "
-            f"store is kept. Free space, or set store_dir in {spec.source} to a larger disk.")
+def missing(path: Path, layout: Layout) -> tuple[int, int]:
+    """(samples, uncompressed bytes) a store at `path` still lacks: all of it where none is. Bytes
+    count whole blocks: a chunk is written whole, the last one too."""
+    blocks = list(range(layout.num_blocks))
+    if is_store(path):
+        try:
+            store = Store.open(path)
+            blocks = [] if store.complete else np.flatnonzero(~store.committed()).tolist()
+        except KDError:
+            pass  # unreadable: counted whole, as --overwrite or --repair would write it
+    rows = sum(np.subtract(*reversed(layout.block_range(b))) for b in blocks)
+    return int(rows), len(blocks) * layout.block_rows * layout.bytes_per_sample()
+
+
+def space_error(spec: Spec, layouts: dict[str, Layout]) -> str | None:
+    """Refuse before any teacher work when what these datasets' stores still lack, uncompressed, is
+    more than the free space on their disk: a full disk hours into a run (or into its second
+    dataset) stops it with nothing to show for the rest."""
+    disks: dict[int, tuple[Path, list[str], int]] = {}
+    for name, layout in layouts.items():
+        path = spec.store_path(name)
+        rows, need = missing(path, layout)
+        if need:
+            where = next(p for p in (path, *path.parents) if p.exists())
+            at, parts, total = disks.get(os.stat(where).st_dev, (where, [], 0))
+            parts.append(f"datasets.{name}: {human_bytes(need)} for {rows} samples in {path}")
+            disks[os.stat(where).st_dev] = (at, parts, total + need)
+    for at, parts, total in disks.values():
+        free = shutil.disk_usage(at).free
+        if total > free:
+            return (f"not enough disk space for {spec.source}: " + "; ".join(parts)
+                    + f" (uncompressed, up to {human_bytes(total)} in all), and {human_bytes(free)} is free on that "
+                    f"disk. Nothing was generated; stores already there are kept. Free space, or set store_dir "
+                    f"in {spec.source} to a larger disk.")
+    return None
 
 
 def _differences(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, repair: bool) -> list[str]:

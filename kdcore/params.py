@@ -20,12 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kdcore.errors import ParamError
 
-__all__ = ["Params", "ParamError", "Seed", "contract_problem"]
+__all__ = ["Params", "ParamError", "Seed", "added_field", "contract_problem"]
 
 INT64 = 2**63
 
 # what torch.manual_seed and numpy's generators accept
 Seed = Annotated[int, Field(ge=0, lt=INT64, description="random seed, 0 <= seed < 2**63")]
+
+
+def added_field(default, **kw):
+    """A parameter added to a component that stores, checkpoints or runs were already recorded with:
+    at `default`, which must keep the old behaviour, it is left out of the resolved spec, so what was
+    recorded before it keeps its identity (a store is not refused for a key it could not have had)."""
+    return Field(default, json_schema_extra={"omit_default": True}, **kw)
 
 
 class Params(BaseModel):

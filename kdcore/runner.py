@@ -9,7 +9,7 @@ from rich.table import Table
 
 from kdcore import dist
 from kdcore.build import Builder
-from kdcore.errors import KDError
+from kdcore.errors import KDError, StoreError
 from kdcore.metrics import MetricsLog
 from kdcore.spec import Spec
 from kdcore.store import human_bytes
@@ -27,12 +27,20 @@ class Runner:
         return list(dict.fromkeys(p.dataset for p in self.spec.phases))
 
     def generate(self, datasets: list[str] | None = None, overwrite: bool = False, repair: bool = False) -> None:
-        from kdcore.generate import generate
+        from kdcore.generate import generate, layout_for, space_error
 
-        log = MetricsLog(self.spec.run_path / "metrics.jsonl", self.spec.registry, enabled=dist.is_main())
-        for name in datasets or self.datasets_in_use():
+        names = datasets or self.datasets_in_use()
+        for name in names:
             if name not in self.spec.datasets:
                 raise KDError(f"{self.spec.source}: no dataset '{name}'")
+        if len(names) > 1:  # room for all of them, not only the first (each store checks itself too)
+            teacher = self.builder.teacher
+            layouts = {n: layout_for(self.spec, n, teacher.vocab_size, self.builder.sampler(n).produces) for n in names}
+            error = dist.broadcast_object(space_error(self.spec, layouts) if dist.is_main() else None)
+            if error:
+                raise StoreError(error)
+        log = MetricsLog(self.spec.run_path / "metrics.jsonl", self.spec.registry, enabled=dist.is_main())
+        for name in names:
             store = generate(self.spec, name, self.builder, overwrite=overwrite, progress=self.progress, log=log,
                              repair=repair)
             if dist.is_main():

@@ -49,8 +49,10 @@ class ComponentRef(Params):
         if self._params is None:
             return {"name": self.name, **self.raw_params()}
         out = {"name": self.name}
-        for field in type(self._params).model_fields:
+        for field, info in type(self._params).model_fields.items():
             value = getattr(self._params, field)
+            if (info.json_schema_extra or {}).get("omit_default") and value == info.default:
+                continue  # added later (`added_field`): at its default, recorded as it was before it existed
             if isinstance(value, ComponentRef):
                 value = value.resolved()
             elif isinstance(value, list) and value and isinstance(value[0], ComponentRef):

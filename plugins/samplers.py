@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from pydantic import Field, model_validator
 
-from kdcore.components import BuildContext, Inputs, ParamError, Params, generator, runs_teacher, sample_seed
+from kdcore.components import BuildContext, Inputs, ParamError, Params, added_field, generator, runs_teacher, sample_seed
 from kdcore.spec import SamplerRef
 from kdcore.threads import spread
 
@@ -201,7 +201,7 @@ class TeacherGeneratedParams(Params):
     """The teacher writes the sequences itself from random first token(s); inputs are their ids."""
 
     prefix: int = Field(1, ge=1, description="random first tokens")
-    burn_in: int = Field(0, ge=0, description="tokens written before each stored window and dropped: the window "
+    burn_in: int = added_field(0, ge=0, description="tokens written before each stored window and dropped: the window "
                                               "starts mid-text, as an evaluation window does, not at a random token "
                                               "(costs the extra decode steps and one forward of the window)")
     temperature: float = Field(1.0, gt=0)
@@ -276,7 +276,8 @@ class TeacherGenerated(Grouped):
 
     Samples are decoded in fixed groups of consecutive indices (`group`; see `Grouped`). The decode's
     own logits come with the ids (`Inputs.logits`): generation stores them instead of running the
-    teacher again. Memory: the last group's logits (group x S x V float32), and the KV cache while decoding.
+    teacher again. With `burn_in` the stored window is the end of a longer decode, and its logits a
+    forward of the window alone (the decode's saw the dropped tokens). Memory: the last group's logits (group x S x V float32), and the KV cache while decoding.
     """
 
     produces = "ids"
@@ -286,6 +287,10 @@ class TeacherGenerated(Grouped):
         if params.prefix > self.S + params.burn_in:
             raise ParamError("prefix", f"{params.prefix} is longer than max_seq_len {self.S}"
                              + (f" + burn_in {params.burn_in}" if params.burn_in else ""))
+        limit = params.burn_in and getattr(ctx.teacher(), "max_positions", None)
+        if limit and self.S + params.burn_in > limit:  # past its positions the teacher writes nonsense, silently
+            raise ParamError("burn_in", f"max_seq_len {self.S} + burn_in {params.burn_in} is longer than the "
+                                        f"teacher's {limit} positions")
         self.group = params.group
         self._teacher, self.batch_size = ctx.teacher, ctx.batch_size
         self._last: tuple | None = None

@@ -23,6 +23,7 @@ from kdcore.components import Inputs
 from kdcore.generate import generate
 from kdcore.spec import load_spec, parse_spec
 from kdcore.store import FORMAT_VERSION, Store
+from conftest import kd_in_process
 
 BIN = Path(sys.executable).parent
 
@@ -512,24 +513,50 @@ def test_too_little_disk_space_is_refused_before_any_teacher_work(tiny_spec, wri
     from kdcore import generate as module
     from kdcore.errors import StoreError
 
-    path = write_spec(with_dataset(tiny_spec, samples=24, block_size=8))
+    path = write_spec(with_dataset(tiny_spec, samples=20, block_size=8))  # the last block: 4 rows, written whole
     spec = load_spec(path)
     free = {"bytes": 0}
     monkeypatch.setattr(module.shutil, "disk_usage", lambda p: real._ntuple_diskusage(10**12, 0, free["bytes"]))
+    builder = Builder(spec)
+    ran = []
+    forward = type(builder.teacher).logits
+    monkeypatch.setattr(type(builder.teacher), "logits", lambda self, *a: ran.append(1) or forward(self, *a))
     with pytest.raises(StoreError) as e:
-        generate(spec, "noise", progress=False)
+        generate(spec, "noise", builder, progress=False)
     store = Store.open(spec.store_path("noise"))
     per_block = 8 * store.layout.bytes_per_sample()
-    assert (f"datasets.noise: {store.path} needs up to {module.human_bytes(3 * per_block)} more for its 24 samples "
-            "still to generate (uncompressed), and 0.0 B is free on its disk. Nothing was generated") in str(e.value)
-    assert not store.committed().any()
-    # a resumed store needs room for its missing blocks only
+    assert (f"not enough disk space for {path}: datasets.noise: {module.human_bytes(3 * per_block)} for 20 samples in "
+            f"{store.path} (uncompressed, up to {module.human_bytes(3 * per_block)} in all), and 0.0 B is free on that "
+            "disk. Nothing was generated") in str(e.value)
+    assert not ran and not store.committed().any()
+    # a resumed store needs room for its missing blocks only, a complete one for nothing
     free["bytes"] = 10**12
-    generate(spec, "noise", progress=False)
+    generate(spec, "noise", builder, progress=False)
+    free["bytes"] = 0
+    assert generate(spec, "noise", builder, progress=False).complete
     lost = Store.open(spec.store_path("noise"), mode="r+")
     lost.array("committed")[1] = 0
     free["bytes"] = per_block
-    assert generate(spec, "noise", progress=False).complete
+    assert generate(spec, "noise", builder, progress=False).complete
     lost.array("committed")[1:] = 0
-    with pytest.raises(StoreError, match="needs up to .* more for its 16 samples"):
-        generate(spec, "noise", progress=False)
+    with pytest.raises(StoreError, match=r"for 12 samples in .* up to .* and 1\.\d KB is free"):
+        generate(spec, "noise", builder, progress=False)
+
+
+def test_a_run_checks_room_for_all_its_datasets_before_the_first(tiny_spec, write_spec, monkeypatch):
+    """Two datasets that fit one at a time but not together: refused before the first is generated."""
+    import shutil as real
+
+    from kdcore import generate as module
+
+    tiny_spec["datasets"]["more"] = copy.deepcopy(tiny_spec["datasets"]["noise"])
+    tiny_spec["phases"].append({**tiny_spec["phases"][0], "dataset": "more"})
+    path = write_spec(tiny_spec)
+    spec = load_spec(path)
+    layout = module.layout_for(spec, "noise", 64, "soft")
+    one = layout.num_blocks * layout.block_rows * layout.bytes_per_sample()
+    monkeypatch.setattr(module.shutil, "disk_usage", lambda p: real._ntuple_diskusage(10**12, 0, one + one // 2))
+    code, out = kd_in_process("generate", str(path))
+    assert code == 1, out
+    assert "not enough disk space" in out and "datasets.noise" in out and "datasets.more" in out
+    assert not spec.store_path("noise").exists() and not spec.store_path("more").exists()

@@ -241,12 +241,35 @@ def test_teacher_generated_burn_in_stores_the_end_of_a_longer_decode(tiny_spec, 
     assert torch.equal(gen.sample([5, 2], 1).ids, x.ids[[5, 2]])
 
 
-def test_teacher_generated_prefix_may_reach_into_the_burn_in(tiny_spec):
-    gen, _ = build(tiny_spec, {"name": "teacher-generated", "group": 4, "prefix": 8, "burn_in": 4}, 6)
-    assert gen.sample(range(4), 0).ids.shape == (4, 6)
+@pytest.mark.parametrize("prefix", [5, 10])  # into the burn-in; all of it random (no step decoded)
+def test_teacher_generated_prefix_may_reach_into_the_burn_in(tiny_spec, prefix):
+    gen, _ = build(tiny_spec, {"name": "teacher-generated", "group": 4, "prefix": prefix, "burn_in": 4}, 6)
+    longer, _ = build(tiny_spec, {"name": "teacher-generated", "group": 4, "prefix": prefix}, 10)
+    x, full = gen.sample(range(4), 0), longer.sample(range(4), 0)
+    assert x.ids.shape == (4, 6) and torch.equal(x.ids, full.ids[:, 4:])  # the window holds the prefix's last tokens
     with pytest.raises(SpecError) as e:
         build(tiny_spec, {"name": "teacher-generated", "prefix": 11, "burn_in": 4}, 6)
     assert "datasets.noise.sampler.prefix: 11 is longer than max_seq_len 6 + burn_in 4" in str(e.value)
+
+
+def test_teacher_generated_burn_in_must_fit_the_teachers_positions(tiny_spec):
+    gen, builder = build(tiny_spec, {"name": "teacher-generated", "burn_in": 2}, 6)
+    limit = builder.teacher.max_positions
+    with pytest.raises(SpecError) as e:
+        build(tiny_spec, {"name": "teacher-generated", "burn_in": limit - 5}, 6)
+    assert (f"datasets.noise.sampler.burn_in: max_seq_len 6 + burn_in {limit - 5} is longer than the teacher's "
+            f"{limit} positions") in str(e.value)
+
+
+def test_a_parameter_added_later_leaves_no_trace_at_its_default(tiny_spec):
+    """burn_in came after stores of teacher-generated were made: at 0 the resolved spec (the dataset's
+    identity) is what it was before, so those stores are not refused for a key they could not have."""
+    identity = lambda sampler: parse_spec({**tiny_spec, "datasets": {"noise": {  # noqa: E731
+        **tiny_spec["datasets"]["noise"], "sampler": sampler}}}).dataset_identity("noise")
+    before = identity({"name": "teacher-generated"})
+    assert "burn_in" not in before["dataset"]["sampler"] and "top_p" in before["dataset"]["sampler"]
+    assert identity({"name": "teacher-generated", "burn_in": 0}) == before
+    assert identity({"name": "teacher-generated", "burn_in": 3})["dataset"]["sampler"]["burn_in"] == 3
 
 
 @pytest.mark.parametrize("other", [{"name": "random-ids"}, {"name": "uniform"}])

@@ -15,6 +15,8 @@ logits, against one bare forward over the same number of id sequences and positi
 decode needs the head's logits at every position to draw the next token, so with `--positions last`
 it does ~1.27x the bare forward's multiply-adds on SmolLM2 (the 28M-parameter head at 16 positions
 instead of 1, beside the 106M of the blocks); `--positions all` compares like with like.
+`--burn-in N` (teacher-generated and mix): the teacher writes N more tokens per sample, which are
+dropped, and forwards the stored window again: no target, the figure says what the recipe costs.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--sampler", default="uniform", choices=sorted(SAMPLERS),
                     help="uniform (soft rows), random-ids, teacher-generated, or mix (of the last two)")
     ap.add_argument("--group", type=int, help="teacher-generated: samples decoded together (default: the sampler's)")
+    ap.add_argument("--burn-in", type=int, default=0, help="teacher-generated: tokens written and dropped before each window")
     ap.add_argument("--positions", default="last", choices=["last", "all"], help="target positions (both sides)")
     ap.add_argument("--topk", type=int, default=0,
                     help="store top-k logits + logsumexp (the study's datasets: --positions all --topk 64); 0: dense")
@@ -68,11 +71,11 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="kd-bench-"))
     sampler = copy.deepcopy(SAMPLERS[args.sampler])
-    if args.group:
-        for ref in [sampler, *sampler.get("samplers", [])]:
-            if ref["name"] == "teacher-generated":
-                ref["group"] = args.group
+    for ref in [sampler, *sampler.get("samplers", [])]:
+        if ref["name"] == "teacher-generated":
+            ref.update({"group": args.group} if args.group else {}, **({"burn_in": args.burn_in} if args.burn_in else {}))
     target = 0.7 if args.sampler in ("teacher-generated", "mix") else 0.95
+    target = "none: the burn-in's extra tokens and forward are the recipe's cost" if args.burn_in else f">= {target}x"
     data = {
         "name": "bench", "store_dir": str(tmp / "store"), "runs_dir": str(tmp / "runs"),
         "teacher": {"name": args.teacher, "device": args.device},
@@ -121,7 +124,7 @@ def main() -> None:
     print(f"bare batched forward      : {statistics.median(b_rates):8.2f} samples/s  (rounds: {show(b_rates)})")
     print(f"full pipeline (sample+fwd+write): {statistics.median(p_rates):8.2f} samples/s  (rounds: {show(p_rates)})")
     print(f"pipeline / bare           : {statistics.median(ratios):8.3f}x  median of {args.rounds} paired rounds "
-          f"(quartiles {q1:.3f} .. {q3:.3f}; target >= {target}x)")
+          f"(quartiles {q1:.3f} .. {q3:.3f}; target {target})")
 
     store = Store.open(tmp / "store" / "bench")
     disk = store.bytes_on_disk() / args.samples

@@ -34,6 +34,7 @@ bench: install
 study: install
 	$(BIN)/kd study experiments/study experiments/study_4x
 	$(BIN)/kd study experiments/study_subclone --out runs/study_subclone
+	$(BIN)/kd study experiments/study_draws --out runs/study_draws
 
 clean:
 	rm -rf $(VENV) store runs

@@ -84,44 +84,49 @@ def _prepare(path: Path, spec: Spec, dataset: str, attrs: dict, layout: Layout, 
             return (f"{path} exists and is not a LlamaKD store (no store metadata in it); nothing was changed, "
                     f"not even with --overwrite. Move it away, or change store_dir or the dataset's name in {spec.source}.")
         path.rmdir()
-    if path.exists():
-        problems = _differences(path, spec, dataset, attrs, layout, repair)
-        if problems and not overwrite:
-            return (f"{path} holds a different dataset than {spec.source} datasets.{dataset} would generate:\n  "
-                    + "\n  ".join(problems)
-                    + f"\nNothing was changed. Name a new dataset, or pass --overwrite to regenerate {path}.")
-        if problems:
-            _delete(path)
+    problems = _differences(path, spec, dataset, attrs, layout, repair) if path.exists() else []
+    if problems and not overwrite:
+        return (f"{path} holds a different dataset than {spec.source} datasets.{dataset} would generate:\n  "
+                + "\n  ".join(problems)
+                + f"\nNothing was changed. Name a new dataset, or pass --overwrite to regenerate {path}.")
+    error = space_error(spec, {dataset: layout}, replacing={dataset} if problems else set())
+    if error:  # before anything is deleted or created
+        return error
+    if problems:
+        _delete(path)
     if path.exists():
         _mend(Store.open(path, mode="r+"), repair)
     else:
         Store.create(path, layout, attrs)
-    return space_error(spec, {dataset: layout})
+    return None
 
 
-def missing(path: Path, layout: Layout) -> tuple[int, int]:
-    """(samples, uncompressed bytes) a store at `path` still lacks: all of it where none is. Bytes
-    count whole blocks: a chunk is written whole, the last one too."""
+def missing(path: Path, layout: Layout, replacing: bool = False) -> tuple[int, int]:
+    """(samples, uncompressed bytes) a store at `path` still lacks: all of it where none is, or where
+    it is to be replaced. Bytes count whole blocks: a chunk is written whole, the last one too."""
     blocks = list(range(layout.num_blocks))
-    if is_store(path):
+    if is_store(path) and not replacing:
         try:
             store = Store.open(path)
-            blocks = [] if store.complete else np.flatnonzero(~store.committed()).tolist()
+            blocks = np.flatnonzero(~store.committed()).tolist()  # the flags: `complete` is set after them
         except KDError:
             pass  # unreadable: counted whole, as --overwrite or --repair would write it
     rows = sum(np.subtract(*reversed(layout.block_range(b))) for b in blocks)
     return int(rows), len(blocks) * layout.block_rows * layout.bytes_per_sample()
 
 
-def space_error(spec: Spec, layouts: dict[str, Layout]) -> str | None:
+def space_error(spec: Spec, layouts: dict[str, Layout], replacing: set[str] = frozenset()) -> str | None:
     """Refuse before any teacher work when what these datasets' stores still lack, uncompressed, is
     more than the free space on their disk: a full disk hours into a run (or into its second
-    dataset) stops it with nothing to show for the rest."""
+    dataset) stops it with nothing to show for the rest. A store in `replacing` (--overwrite) is
+    counted whole, and the space its deletion frees as free."""
     disks: dict[int, tuple[Path, list[str], int]] = {}
     for name, layout in layouts.items():
         path = spec.store_path(name)
-        rows, need = missing(path, layout)
-        if need:
+        rows, need = missing(path, layout, name in replacing)
+        if name in replacing:
+            need -= sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if need > 0:
             where = next(p for p in (path, *path.parents) if p.exists())
             at, parts, total = disks.get(os.stat(where).st_dev, (where, [], 0))
             parts.append(f"datasets.{name}: {human_bytes(need)} for {rows} samples in {path}")
@@ -131,7 +136,7 @@ def space_error(spec: Spec, layouts: dict[str, Layout]) -> str | None:
         if total > free:
             return (f"not enough disk space for {spec.source}: " + "; ".join(parts)
                     + f" (uncompressed, up to {human_bytes(total)} in all), and {human_bytes(free)} is free on that "
-                    f"disk. Nothing was generated; stores already there are kept. Free space, or set store_dir "
+                    f"disk. Nothing was generated, deleted or created. Free space, or set store_dir "
                     f"in {spec.source} to a larger disk.")
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 # (key, header, format); perplexity is also shown as a ratio to the unigram baseline's on the same text
 COLUMNS = (
     ("top1_agreement", "top-1 agreement", "{:.3f}"),
+    ("top1_agreement_in_context", "top-1, 2+ token context", "{:.3f}"),
     ("top5_overlap", "top-5 overlap", "{:.3f}"),
     ("kl_teacher_student", "KL(teacher‖student)", "{:.3f}"),
     ("perplexity", "perplexity", "{:.1f}"),
@@ -17,6 +18,17 @@ COLUMNS = (
 def with_unigram_ratio(rows: list[dict], unigram_perplexity: float) -> list[dict]:
     """Each row with its perplexity divided by the unigram model's (below 1: a better language model)."""
     return [{**r, "ppl_vs_unigram": r["perplexity"] / unigram_perplexity} for r in rows]
+
+
+def with_context_agreement(rows: list[dict]) -> list[dict]:
+    """Each row scored at every position with its top-1 agreement past a window's first position: there
+    the context is one token, where a teacher may answer nearly the same whatever the token (SmolLM2
+    does), which a student learns from any data whose windows start at ordinary tokens. Windows are
+    whole, so every position counts the same."""
+    def past_first(r):
+        by = r.get("agreement_by_position")
+        return {"top1_agreement_in_context": sum(by[1:]) / len(by[1:])} if by and len(by) > 1 else {}
+    return [{**r, **past_first(r)} for r in rows]
 
 
 def cell(row: dict, key: str, fmt: str) -> str:
@@ -46,5 +58,6 @@ def rich_table(rows: list[dict], title: str, first: str = "run"):
 
 def teacher_row(teacher: dict) -> dict:
     """The teacher as a row: it agrees with itself."""
-    return {"label": "teacher", "top1_agreement": 1.0, "top5_overlap": 1.0, "kl_teacher_student": 0.0,
+    return {"label": "teacher", "top1_agreement": 1.0, "top1_agreement_in_context": 1.0, "top5_overlap": 1.0,
+            "kl_teacher_student": 0.0,
             "perplexity": teacher["perplexity"], "distinct_predicted": teacher["distinct_predicted"]}

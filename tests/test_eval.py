@@ -219,3 +219,20 @@ def test_compare_shows_each_distinct_untrained_student_once():
     assert labels == ["a_random", "b_random", "c_subclone", "untrained (a_random)", "untrained (c_subclone)",
                       "unigram (a_random)", "teacher"]
     assert [r["kl_teacher_student"] for r in rows[3:5]] == [7.0, 13.0]
+
+
+def test_agreement_past_the_first_position_is_its_own_column():
+    """A window's first position has a one-token context; the column leaves it out (every position of
+    a whole window counts the same)."""
+    from kdcore.report import markdown_table, teacher_row, with_context_agreement
+
+    rows = with_context_agreement([
+        {"label": "all positions", "top1_agreement": 0.4, "agreement_by_position": [1.0, 0.2, 0.4]},
+        {"label": "last position only", "top1_agreement": 0.3},
+        teacher_row({"perplexity": 2.0, "distinct_predicted": 5}),
+    ])
+    assert rows[0]["top1_agreement_in_context"] == pytest.approx(0.3)
+    assert "top1_agreement_in_context" not in rows[1] and rows[2]["top1_agreement_in_context"] == 1.0
+    header, _, first, second, _ = markdown_table(rows).splitlines()
+    assert "| top-1 agreement | top-1, 2+ token context |" in header
+    assert first.startswith("| all positions | 0.400 | 0.300 |") and second.startswith("| last position only | 0.300 |  |")

@@ -523,12 +523,12 @@ def test_too_little_disk_space_is_refused_before_any_teacher_work(tiny_spec, wri
     monkeypatch.setattr(type(builder.teacher), "logits", lambda self, *a: ran.append(1) or forward(self, *a))
     with pytest.raises(StoreError) as e:
         generate(spec, "noise", builder, progress=False)
-    store = Store.open(spec.store_path("noise"))
-    per_block = 8 * store.layout.bytes_per_sample()
+    per_block = 8 * module.layout_for(spec, "noise", 64, "soft").bytes_per_sample()
+    where = spec.store_path("noise")
     assert (f"not enough disk space for {path}: datasets.noise: {module.human_bytes(3 * per_block)} for 20 samples in "
-            f"{store.path} (uncompressed, up to {module.human_bytes(3 * per_block)} in all), and 0.0 B is free on that "
-            "disk. Nothing was generated") in str(e.value)
-    assert not ran and not store.committed().any()
+            f"{where} (uncompressed, up to {module.human_bytes(3 * per_block)} in all), and 0.0 B is free on that "
+            "disk. Nothing was generated, deleted or created") in str(e.value)
+    assert not ran and not where.exists()  # no empty store left to be refused later as "another spec's"
     # a resumed store needs room for its missing blocks only, a complete one for nothing
     free["bytes"] = 10**12
     generate(spec, "noise", builder, progress=False)
@@ -541,6 +541,13 @@ def test_too_little_disk_space_is_refused_before_any_teacher_work(tiny_spec, wri
     lost.array("committed")[1:] = 0
     with pytest.raises(StoreError, match=r"for 12 samples in .* up to .* and 1\.\d KB is free"):
         generate(spec, "noise", builder, progress=False)
+    # --overwrite with a larger dataset that does not fit even in the space the old store frees: the old one stays
+    lost.array("committed")[:] = 1
+    ran.clear()
+    bigger = load_spec(write_spec(with_dataset(tiny_spec, samples=400, block_size=8)))
+    with pytest.raises(StoreError, match="for 400 samples"):
+        generate(bigger, "noise", progress=False, overwrite=True)
+    assert Store.open(spec.store_path("noise")).committed().all() and not ran
 
 
 def test_a_run_checks_room_for_all_its_datasets_before_the_first(tiny_spec, write_spec, monkeypatch):

@@ -226,6 +226,14 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(1, order, top.masked_fill(drop, 0.0))
 
 
+def forward_into(out: torch.Tensor, teacher, x: Inputs, rows: torch.Tensor, batch_size: int) -> None:
+    """The teacher's logits at every position of `x`'s `rows` into those rows of `out`, `batch_size`
+    rows per forward (a forward's weight reads are shared by its rows)."""
+    for s in range(0, len(rows), batch_size):
+        part = rows[s : s + batch_size]
+        out[part.to(out.device)] = teacher.logits(x.rows(part).to(teacher.device), "all").to(out.device)
+
+
 class Grouped:
     """A sampler that makes its samples a fixed group of consecutive indices at a time, with the
     teacher's logits at every position (`Inputs.logits`), so a sample depends on (seed, index) alone
@@ -328,9 +336,7 @@ class TeacherGenerated(Grouped):
             return Inputs(_full(len(indices), self.S), ids=ids.cpu(), logits=logits)
         # the decode's logits saw the dropped tokens: the window's targets are a forward of it alone
         x = Inputs(_full(len(indices), self.S), ids=teacher.generate(first, steps, pick)[:, burn_in:].cpu())
-        for s in range(0, len(indices), self.batch_size):
-            rows = slice(s, s + self.batch_size)
-            logits[rows] = teacher.logits(x.rows(rows).to(teacher.device), "all")
+        forward_into(logits, teacher, x, torch.arange(len(indices)), self.batch_size)
         return Inputs(x.lengths, ids=x.ids, logits=logits)
 
 
@@ -350,9 +356,7 @@ class TeacherBatched(Grouped):
         rest = (~x.logit_rows()).nonzero()[:, 0]  # a child that ran the teacher (a nested mix) brought some
         teacher = self._teacher()
         logits = x.logits.clone() if x.logits is not None else torch.empty(len(indices), self.S, self.V, device=teacher.device)
-        for s in range(0, len(rest), self.batch_size):
-            rows = rest[s : s + self.batch_size]
-            logits[rows.to(logits.device)] = teacher.logits(x.rows(rows).to(teacher.device), "all").to(logits.device)
+        forward_into(logits, teacher, x, rest, self.batch_size)
         return Inputs(x.lengths, x.ids, x.soft, logits=logits)
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kdcore.errors import KDError
-from kdcore.report import markdown_table, rich_table, teacher_row, with_context_agreement, with_unigram_ratio
+from kdcore.report import markdown_table, rich_table, teacher_row, with_derived_columns
 
 PLOTTED = ["top1_agreement", "top5_overlap", "kl_teacher_student", "distinct_predicted"]
 
@@ -62,7 +62,7 @@ def compare_rows(reports: list[dict], text: str | None = None) -> list[dict]:
             rows.append({"label": name("untrained", r), **t["results"]["untrained"]})
     rows.append({"label": name("unigram", base), **first["results"]["unigram"]})
     rows.append(teacher_row(first["teacher"]))
-    return with_context_agreement(with_unigram_ratio(rows, first["results"]["unigram"]["perplexity"]))
+    return with_derived_columns(rows, first["results"]["unigram"]["perplexity"])
 
 
 def compare_runs(refs: list[Path], out_dir: Path | None, console) -> dict[str, list[dict]]:

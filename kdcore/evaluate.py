@@ -19,7 +19,7 @@ import torch
 from kdcore.build import Builder
 from kdcore.components import Inputs
 from kdcore.errors import KDError, SpecError
-from kdcore.report import markdown_table, rich_table, teacher_row, with_context_agreement, with_unigram_ratio
+from kdcore.report import markdown_table, rich_table, teacher_row, with_derived_columns
 from kdcore.runfolder import RunFolder, write_atomic
 from kdcore.spec import Spec, spec_hash
 from kdcore.texts import read_text
@@ -258,7 +258,7 @@ def result_rows(text_report: dict, teacher: bool = False) -> list[dict]:
     ratio to the unigram's on the same text."""
     rows = [teacher_row(text_report["teacher"])] if teacher else []
     rows += [{"label": name, **r} for name, r in text_report["results"].items()]
-    return with_context_agreement(with_unigram_ratio(rows, text_report["results"]["unigram"]["perplexity"]))
+    return with_derived_columns(rows, text_report["results"]["unigram"]["perplexity"])
 
 
 def write_report(spec: Spec, report: dict) -> None:

@@ -15,20 +15,16 @@ COLUMNS = (
 )
 
 
-def with_unigram_ratio(rows: list[dict], unigram_perplexity: float) -> list[dict]:
-    """Each row with its perplexity divided by the unigram model's (below 1: a better language model)."""
-    return [{**r, "ppl_vs_unigram": r["perplexity"] / unigram_perplexity} for r in rows]
-
-
-def with_context_agreement(rows: list[dict]) -> list[dict]:
-    """Each row scored at every position with its top-1 agreement past a window's first position: there
-    the context is one token, where a teacher may answer nearly the same whatever the token (SmolLM2
-    does), which a student learns from any data whose windows start at ordinary tokens. Windows are
-    whole, so every position counts the same."""
+def with_derived_columns(rows: list[dict], unigram_perplexity: float) -> list[dict]:
+    """Each row with the columns computed from its results: perplexity divided by the unigram model's
+    (below 1: a better language model), and, for a row scored at every position, top-1 agreement
+    past a window's first position. There the context is one token, where a teacher may answer
+    nearly the same whatever the token (SmolLM2 does), which a student learns from any data whose
+    windows start at ordinary tokens. Windows are whole, so every position counts the same."""
     def past_first(r):
         by = r.get("agreement_by_position")
         return {"top1_agreement_in_context": sum(by[1:]) / len(by[1:])} if by and len(by) > 1 else {}
-    return [{**r, **past_first(r)} for r in rows]
+    return [{**r, "ppl_vs_unigram": r["perplexity"] / unigram_perplexity, **past_first(r)} for r in rows]
 
 
 def cell(row: dict, key: str, fmt: str) -> str:

@@ -224,15 +224,16 @@ def test_compare_shows_each_distinct_untrained_student_once():
 def test_agreement_past_the_first_position_is_its_own_column():
     """A window's first position has a one-token context; the column leaves it out (every position of
     a whole window counts the same)."""
-    from kdcore.report import markdown_table, teacher_row, with_context_agreement
+    from kdcore.report import markdown_table, teacher_row, with_derived_columns
 
-    rows = with_context_agreement([
-        {"label": "all positions", "top1_agreement": 0.4, "agreement_by_position": [1.0, 0.2, 0.4]},
-        {"label": "last position only", "top1_agreement": 0.3},
+    rows = with_derived_columns([
+        {"label": "all positions", "top1_agreement": 0.4, "agreement_by_position": [1.0, 0.2, 0.4], "perplexity": 8.0},
+        {"label": "last position only", "top1_agreement": 0.3, "perplexity": 4.0},
         teacher_row({"perplexity": 2.0, "distinct_predicted": 5}),
-    ])
+    ], unigram_perplexity=4.0)
     assert rows[0]["top1_agreement_in_context"] == pytest.approx(0.3)
     assert "top1_agreement_in_context" not in rows[1] and rows[2]["top1_agreement_in_context"] == 1.0
+    assert [r["ppl_vs_unigram"] for r in rows] == [2.0, 1.0, 0.5]
     header, _, first, second, _ = markdown_table(rows).splitlines()
     assert "| top-1 agreement | top-1, 2+ token context |" in header
     assert first.startswith("| all positions | 0.400 | 0.300 |") and second.startswith("| last position only | 0.300 |  |")

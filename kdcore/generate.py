@@ -128,9 +128,10 @@ def space_error(spec: Spec, layouts: dict[str, Layout], replacing: set[str] = fr
             need -= sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         if need > 0:
             where = next(p for p in (path, *path.parents) if p.exists())
-            at, parts, total = disks.get(os.stat(where).st_dev, (where, [], 0))
+            disk = os.stat(where).st_dev
+            at, parts, total = disks.get(disk, (where, [], 0))
             parts.append(f"datasets.{name}: {human_bytes(need)} for {rows} samples in {path}")
-            disks[os.stat(where).st_dev] = (at, parts, total + need)
+            disks[disk] = (at, parts, total + need)
     for at, parts, total in disks.values():
         free = shutil.disk_usage(at).free
         if total > free:

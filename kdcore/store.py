@@ -92,11 +92,12 @@ class Layout:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
+    """Powers of 1024, named so (as `kd inspect` prints them)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024:
             return f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} PB"
+    return f"{n:.1f} PiB"
 
 
 def checksum(values: np.ndarray) -> int:

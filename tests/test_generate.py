@@ -539,7 +539,7 @@ def test_too_little_disk_space_is_refused_before_any_teacher_work(tiny_spec, wri
     free["bytes"] = per_block
     assert generate(spec, "noise", builder, progress=False).complete
     lost.array("committed")[1:] = 0
-    with pytest.raises(StoreError, match=r"for 12 samples in .* up to .* and 1\.\d KB is free"):
+    with pytest.raises(StoreError, match=r"for 12 samples in .* up to .* and 1\.\d KiB is free"):
         generate(spec, "noise", builder, progress=False)
     # --overwrite with a larger dataset that does not fit even in the space the old store frees: the old one stays
     lost.array("committed")[:] = 1

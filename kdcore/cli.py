@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdcore.errors import KDError, SpecError, did_you_mean
+from kdcore.errors import KDError, SpecError, did_you_mean, missing_package
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LlamaKD: data-free knowledge distillation of language models.")
@@ -49,9 +49,18 @@ def main() -> None:
             raise SystemExit(1) from None
         raise
     except KDError as e:
-        # the message quotes the user's keys and values: print them as they are, never as markup
-        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
-        raise SystemExit(1) from None
+        _fail(e)
+    except ImportError as e:  # a package a feature needs is not installed: say which, not where
+        missing = missing_package(e)
+        if missing is None:
+            raise
+        _fail(missing)
+
+
+def _fail(e: KDError):
+    # the message quotes the user's keys and values: print them as they are, never as markup
+    err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
+    raise SystemExit(1) from None
 
 
 def _spec(path: Path):

@@ -55,3 +55,42 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     hint = f" — did you mean '{close[0]}'?" if close else ";"
     return f"{hint} available: {', '.join(sorted(choices)) or '(none)'}"
+
+
+# module -> the distribution that provides it, where the two names differ
+_DISTRIBUTIONS = {"google": "protobuf", "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn"}
+
+
+class MissingPackage(KDError):
+    """A feature needs a Python package that is not installed; the message says which and how to get it."""
+
+    def __init__(self, package: str, needed_for: str = ""):
+        self.package = package
+        purpose = f" for {needed_for}" if needed_for else ""
+        super().__init__(f"the Python package '{package}' is needed{purpose} and is not installed: "
+                         f"pip install {package}")
+
+
+def requires(module: str, needed_for: str = "", package: str | None = None) -> None:
+    """Raise MissingPackage unless `module` can be imported (checked without importing it)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken one
+        found = False
+    if not found:
+        raise MissingPackage(package or _DISTRIBUTIONS.get(module.split(".")[0], module.split(".")[0]), needed_for)
+
+
+def missing_package(e: ImportError) -> MissingPackage | None:
+    """The package an ImportError from a dependency says is missing (`No module named 'x'`, or
+    transformers' 'requires the protobuf library'), or None when it is not about a missing package."""
+    import re
+
+    name = getattr(e, "name", None)
+    if isinstance(e, ModuleNotFoundError) and name and not name.startswith(("kdcore", "kd_plugins")):
+        top = name.split(".")[0]
+        return MissingPackage(_DISTRIBUTIONS.get(top, top))
+    said = re.search(r"requires the (\w[\w.-]*) library", str(e))
+    return MissingPackage(said.group(1).lower()) if said else None

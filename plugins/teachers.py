@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from kdcore.components import BuildContext, Inputs, ParamError, Params, Seed, last_positions
-from kdcore.errors import KDError
+from kdcore.errors import KDError, requires
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,6 +66,7 @@ class SentencePieceTokenizer:
     """Llama's SentencePiece `tokenizer.model`, with Llama-2's [INST] chat format."""
 
     def __init__(self, model_file: str | Path):
+        requires("sentencepiece", "a SentencePiece tokenizer.model")
         import sentencepiece
 
         self.model_file = Path(model_file)
@@ -119,6 +120,9 @@ PLAIN_HEAD = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo", "
 # of the valid ones.
 ALIGN = 16
 
+# config keys that say where a model was loaded from and by which library, not what it computes
+NOT_IDENTITY = ("_name_or_path", "transformers_version")
+
 
 # --- the wrapper ----------------------------------------------------------------------------------
 
@@ -162,9 +166,12 @@ class HFTeacher:
         return self.model.get_input_embeddings().weight
 
     def fingerprint(self) -> str:
-        """Hash of the config and of a strided sample of every weight (cheap even at 7B)."""
+        """Hash of the config and of a strided sample of every weight (cheap even at 7B). Where the
+        weights were read from and by which transformers are left out: the same teacher in another
+        cache folder or on another machine is the same teacher, and its stores stay valid."""
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
+            config = {k: v for k, v in self.model.config.to_dict().items() if k not in NOT_IDENTITY}
+            h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
             for name, p in sorted(self.model.state_dict().items()):
                 flat = p.detach().reshape(-1)
                 step = max(1, flat.numel() // 4096)
@@ -368,6 +375,8 @@ def converted_gguf(gguf: Path) -> Path:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
+    for module in ("gguf", "accelerate"):  # transformers reads GGUF files with both
+        requires(module, f"converting {gguf.name} to safetensors")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kdcore.progress import console
@@ -392,6 +401,8 @@ def gguf_teacher(name: str, gguf: Path, run: RunOn, identity: dict, tokenizer: P
     metadata; weights from the conversion (made on first use)."""
     converted = cache_dir() / f"gguf-{gguf.stem}-{file_fingerprint(gguf)}"
     done = (converted / "config.json").exists()
+    if not done:
+        requires("gguf", f"reading {gguf.name}")
     config = _hf_config(converted) if done else _hf_config(gguf.parent, gguf.name)
 
     def make_tokenizer():

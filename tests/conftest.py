@@ -70,6 +70,24 @@ def _isolated_cache(monkeypatch):
         monkeypatch.setenv("KD_CACHE", str(Path.home() / ".cache" / "llamakd"))
 
 
+@pytest.fixture(autouse=True)
+def _real_teacher_is_marked(request, monkeypatch):
+    """A test that builds the real SmolLM2 teacher (in this process) must carry the real_teacher
+    marker, so that `pytest -m "not real_teacher"` is the fast suite it says it is."""
+    if request.node.get_closest_marker("real_teacher"):
+        return
+    from kd_plugins import teachers
+
+    def unmarked(*args, **kwargs):
+        pytest.fail(f"{request.node.nodeid} builds the real SmolLM2 teacher: mark it @pytest.mark.real_teacher",
+                    pytrace=False)
+
+    if "smollm2_teacher" in request.fixturenames:  # a session fixture: made before this one runs
+        unmarked()
+
+    monkeypatch.setattr(teachers, "smollm2_gguf", unmarked)
+
+
 def kd_in_process(*args) -> tuple[int, str]:
     """Run the `kd` command line in this process, as the console script does: (exit code, output)."""
     from kdcore.cli import main

@@ -90,7 +90,16 @@ def test_experiment_spec_starts_with_a_comment(path):
     assert first.startswith("#"), f"{path.name}: the first line should say what the spec does"
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=[str(p.relative_to(REPO)) for p in EXPERIMENTS])
+def _on_its_teacher(path: Path):
+    """The spec as a test parameter, marked real_teacher where its teacher is SmolLM2."""
+    import tomllib
+
+    teacher = tomllib.loads(path.read_text()).get("teacher", {}).get("name")
+    marks = [pytest.mark.real_teacher] if teacher == "smollm2" else []
+    return pytest.param(path, marks=marks, id=str(path.relative_to(REPO)))
+
+
+@pytest.mark.parametrize("path", [_on_its_teacher(p) for p in EXPERIMENTS])
 def test_experiment_spec_validates(path):
     spec = load_spec(path)  # the schema, every component's name and parameters: no teacher needed
     local = getattr(spec.teacher.params, "path", None)
@@ -111,3 +120,59 @@ def test_usage_mistakes_exit_1_with_a_message(args):
     code, output = kd(*args)
     assert code == 1
     assert "Usage:" in output and "Traceback" not in output
+
+
+BLOCKED_IMPORT = """
+import sys
+sys.modules[{module!r}] = None  # as if the package were not installed
+from kdcore.cli import main
+sys.argv = ["kd", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.real_teacher
+def test_a_missing_package_is_one_line_naming_it_and_how_to_install_it(tmp_path, write_spec, tiny_spec):
+    """A GGUF teacher read without the `gguf` package (a fresh machine missing a dependency): one
+    line naming the package and the pip command, exit 1, no traceback."""
+    import os
+
+    from kd_plugins.teachers import smollm2_gguf
+
+    spec = write_spec({**tiny_spec, "teacher": {"name": "hf-causal-lm", "path": str(smollm2_gguf())}})
+    env = {**os.environ, "KD_CACHE": str(tmp_path / "empty-cache")}  # nothing converted: the file is read
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_IMPORT.format(module="gguf"), "validate", str(spec)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "the Python package 'gguf' is needed for reading SmolLM2" in proc.stderr
+    assert "pip install gguf" in proc.stderr
+
+
+@pytest.mark.parametrize("error, package", [
+    (ModuleNotFoundError("No module named 'google'", name="google"), "protobuf"),
+    (ImportError("LlamaTokenizerFast requires the protobuf library but it was not found in your environment."), "protobuf"),
+    (ModuleNotFoundError("No module named 'sentencepiece'", name="sentencepiece"), "sentencepiece"),
+])
+def test_an_import_error_from_a_dependency_names_the_package(monkeypatch, tiny_spec, write_spec, error, package):
+    from kdcore import runner
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(runner.Runner, "print_plan", fails)
+    code, output = kd("run", "--dry-run", write_spec(tiny_spec))
+    assert code == 1 and "Traceback" not in output
+    assert f"the Python package '{package}' is needed" in output and f"pip install {package}" in output
+
+
+def test_an_import_error_of_our_own_code_keeps_its_traceback(monkeypatch, tiny_spec, write_spec):
+    """A module of kdcore or kd_plugins that cannot be imported is a bug, not a missing package."""
+    from kdcore import runner
+
+    def fails(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'kdcore.gone'", name="kdcore.gone")
+
+    monkeypatch.setattr(runner.Runner, "print_plan", fails)
+    with pytest.raises(ModuleNotFoundError):
+        kd("run", "--dry-run", write_spec(tiny_spec))

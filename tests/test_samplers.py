@@ -317,6 +317,7 @@ def test_a_nested_mix_keeps_the_logits_its_decode_brought(tiny_spec, monkeypatch
     assert sum(len(f) for f in forwarded) == random_rows  # the random-ids rows only: no decoded row again
 
 
+@pytest.mark.real_teacher
 def test_teacher_generated_logits_on_smollm2(smollm2_teacher):
     ctx = BuildContext(vocab_size=smollm2_teacher.vocab_size, max_seq_len=12, teacher=lambda: smollm2_teacher)
     gen = TeacherGenerated(TeacherGeneratedParams(group=4, prefix=2, top_p=0.95), ctx)

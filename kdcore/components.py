@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from kdcore.params import ParamError, Params, Seed, added_field  # noqa: F401  (re-exported: what plugins subclass and raise)
+from kdcore.params import ContentInput, ParamError, Params, Seed, TextFile, added_field  # noqa: F401  (re-exported: what plugins subclass and raise)
 
 Positions = Literal["last", "all"]
 
@@ -294,6 +294,18 @@ class Loss(Protocol):
         """A scalar; `mask` (B, S) selects valid positions when positions = 'all', else None."""
 
 
+class Optimizer(Protocol):
+    def __call__(self, parameters, lr: float) -> torch.optim.Optimizer:
+        """A torch optimizer over `parameters` at learning rate `lr`."""
+
+
+class Scheduler(Protocol):
+    per_epoch: bool  # stepped once per epoch with the epoch's mean loss; else once per step
+
+    def __call__(self, optimizer: torch.optim.Optimizer, total_steps: int):
+        """A torch lr scheduler for `optimizer` over a phase of `total_steps` steps."""
+
+
 CONTRACTS: dict[str, dict[str, str]] = {
     # kind -> attribute -> what it is, for the message when a component lacks it
     "teacher": {"vocab_size": "an int", "max_positions": "an int or None", "device": "a torch.device",
@@ -302,6 +314,8 @@ CONTRACTS: dict[str, dict[str, str]] = {
     "sampler": {"produces": "'ids' or 'soft'", "deterministic": "'pure' or 'device'", "sample": "a method"},
     "student": {"positions": "a tuple of 'last'/'all'", "forward": "a method", "revert": "a method"},
     "loss": {"__call__": "callable"},
+    "optimizer": {"__call__": "callable"},
+    "scheduler": {"__call__": "callable", "per_epoch": "a bool"},
 }
 
 

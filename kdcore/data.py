@@ -143,6 +143,7 @@ class StoreBatches(torch.utils.data.Dataset):
             if self._sampler is None:
                 self._sampler = self.make_sampler()
             inputs = self._sampler.sample([int(r) for r in rows], self.dataset_seed)
+            self.store.check_regenerated(rows, inputs.soft)  # the inputs the targets were made from
             inputs = Inputs(lengths, soft=inputs.soft)
         inputs = pad_to(inputs, self.seq_len)
         if "logits" in arr:  # float16 until Batch.to(device)

@@ -121,7 +121,11 @@ def greedy_teacher(teacher, ids: list[int], steps: int) -> list[int]:
 
 
 def eval_identity(spec: Spec) -> str:
-    return spec_hash({"train": RunFolder(spec).identity_hash, "eval": spec.eval.model_dump(mode="json")})
+    """What a report depends on: the trained student, the evaluation settings and the texts' content."""
+    from kdcore.texts import text_hash
+
+    texts = {ref: text_hash(ref, spec.base_dir, "eval.text") for ref in spec.eval.texts}
+    return spec_hash({"train": RunFolder(spec).identity_hash, "eval": spec.eval.model_dump(mode="json"), "texts": texts})
 
 
 def trained_student(spec: Spec, run: RunFolder):

@@ -24,8 +24,11 @@ from kdcore.errors import KDError, StoreError
 from kdcore.locks import hold
 from kdcore.progress import bar, console
 from kdcore.spec import Spec, spec_hash
-from kdcore.store import Layout, Store, describe_damage, human_bytes, is_store
+from kdcore.store import Layout, Store, describe_damage, human_bytes, input_checksum, is_store
 from kdcore.threads import background
+
+
+INPUT_CHECKSUMS = "input checksums"  # carried with a block's arrays into its commit record, not stored as one
 
 
 def layout_for(spec: Spec, dataset: str, vocab_size: int, produces: str) -> Layout:
@@ -264,8 +267,11 @@ def _generate(spec: Spec, dataset: str, builder: Builder | None, overwrite: bool
     def forward(indices: list[int], inputs: Inputs) -> dict[str, np.ndarray]:
         logits = teacher_logits(teacher, inputs, ds.positions)
         targets = Targets.topk_of(logits, k) if k else Targets(logits=logits)
-        return {"seed": np.array([sample_seed(ds.seed, i) for i in indices], dtype=np.int64),
+        part = {"seed": np.array([sample_seed(ds.seed, i) for i in indices], dtype=np.int64),
                 **inputs_to_arrays(inputs, layout), **targets_to_arrays(targets, dataset)}
+        if layout.regenerates_inputs:  # training regenerates them: record what they were
+            part[INPUT_CHECKSUMS] = np.array([input_checksum(row) for row in inputs.soft], dtype=np.uint32)
+        return part
 
     # (block, indices) of every teacher batch; a batch never spans two blocks
     batches = [(b, list(range(s, min(s + ds.batch_size, layout.block_range(b)[1]))))
@@ -293,7 +299,8 @@ def _generate(spec: Spec, dataset: str, builder: Builder | None, overwrite: bool
             if i + 1 == len(batches) or batches[i + 1][0] != b:  # block b is whole: write it
                 if pending is not None:
                     pending.result()  # one block in flight: bounded memory, errors surface
-                pending = writer.submit(store.write_block, b, concat(parts))
+                data = concat(parts)
+                pending = writer.submit(store.write_block, b, data, data.pop(INPUT_CHECKSUMS, None))
                 parts = []
         if pending is not None:
             pending.result()

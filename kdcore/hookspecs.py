@@ -78,6 +78,27 @@ def kd_register_losses(register: Register) -> None:
     """
 
 
+@hookspec
+def kd_register_optimizers(register: Register) -> None:
+    """Register optimizers.
+
+    An optimizer is called as `optimizer(parameters, lr)` and returns a `torch.optim.Optimizer`; a
+    phase names one (`optimizer = "adamw"` or a table with its parameters) and sets its `lr`. See
+    `kdcore.components.Optimizer`.
+    """
+
+
+@hookspec
+def kd_register_schedulers(register: Register) -> None:
+    """Register learning-rate schedules.
+
+    A scheduler is called as `scheduler(optimizer, total_steps)` with the phase's optimizer and step
+    count and returns a torch lr scheduler (`step()`, `state_dict()`, `load_state_dict()`); with
+    `per_epoch = True` it is stepped once per epoch with the epoch's mean loss. See
+    `kdcore.components.Scheduler`.
+    """
+
+
 # --- lifecycle ------------------------------------------------------------------------------------
 
 

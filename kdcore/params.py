@@ -20,12 +20,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kdcore.errors import ParamError
 
-__all__ = ["Params", "ParamError", "Seed", "added_field", "contract_problem"]
+__all__ = ["Params", "ParamError", "Seed", "TextFile", "ContentInput", "added_field", "contract_problem"]
 
 INT64 = 2**63
 
 # what torch.manual_seed and numpy's generators accept
 Seed = Annotated[int, Field(ge=0, lt=INT64, description="random seed, 0 <= seed < 2**63")]
+
+
+class ContentInput:
+    """Marks a parameter that names a file whose content a component reads: what the file holds,
+    not its name, is part of the identity of what the component makes (a store of windows of a
+    text is stale once the text changes). `kind` says how the name is resolved: "text" (a path,
+    builtin:NAME or corpus:NAME; see kdcore.texts)."""
+
+    def __init__(self, kind: str = "text"):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"ContentInput({self.kind!r})"
+
+
+# a text a component reads: `text: TextFile = Field("builtin:reference.txt")`
+TextFile = Annotated[str, ContentInput("text")]
 
 
 def added_field(default, **kw):

@@ -24,7 +24,7 @@ from kdcore.errors import KDError, did_you_mean
 from kdcore.hookspecs import Register, Target
 from kdcore.params import contract_problem
 
-KINDS = ("teacher", "sampler", "student", "loss")
+KINDS = ("teacher", "sampler", "student", "loss", "optimizer", "scheduler")
 BUILTIN_MODULE = "kd_plugins"
 
 

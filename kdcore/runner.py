@@ -114,7 +114,7 @@ class Runner:
             N = self.spec.datasets[p.dataset].samples
             steps = -(-N // p.batch_size) * p.epochs
             steps = min(steps, p.max_steps) if p.max_steps else steps
-            table.add_row("train", f"phase {i}: {p.dataset}, {p.optimizer} lr {p.lr:g}, {steps} steps of {p.batch_size}",
+            table.add_row("train", f"phase {i}: {p.dataset}, {p.optimizer.name} lr {p.lr:g}, {steps} steps of {p.batch_size}",
                           "", "", "", "")
         table.add_row("eval", f"{self.spec.eval.windows} windows of {', '.join(self.spec.eval.texts)}", "", "", "", "")
         console.print(table)

@@ -79,6 +79,19 @@ class LossRef(ComponentRef):
     kind: ClassVar[str] = "loss"
 
 
+class OptimizerRef(ComponentRef):
+    kind: ClassVar[str] = "optimizer"
+
+
+class SchedulerRef(ComponentRef):
+    kind: ClassVar[str] = "scheduler"
+
+
+def _named(value):
+    """A component given by its name alone (`optimizer = "sgd"`): its table with the defaults."""
+    return {"name": value} if isinstance(value, str) else value
+
+
 class LossTerm(LossRef):
     """A loss in a phase, with its weight (`weight` is the phase's, the rest the loss's)."""
 
@@ -104,13 +117,11 @@ class PhaseSpec(Params):
     epochs: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop the phase after this many steps")
     batch_size: int = Field(16, gt=0)
-    optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["constant", "step", "exponential", "cosine", "plateau"] = "constant"
-    step_size: int = Field(100, gt=0, description="steps between decays for scheduler = 'step'")
-    gamma: float = Field(0.5, gt=0, description="decay factor (step, exponential, plateau)")
+    optimizer: OptimizerRef = Field(default_factory=lambda: OptimizerRef(name="adamw"),
+                                    description="an optimizer's name, or a table with its name and parameters")
+    scheduler: SchedulerRef = Field(default_factory=lambda: SchedulerRef(name="constant"),
+                                    description="a learning-rate schedule's name, or a table")
     clip: float | None = Field(None, gt=0, description="max gradient norm")
     init: Literal["default", "kaiming"] = "default"
     seed: Seed = 0
@@ -118,6 +129,11 @@ class PhaseSpec(Params):
     workers: int = Field(0, ge=0, description="DataLoader worker processes (read chunks, regenerate noise)")
     checkpoint_every: int = Field(50, gt=0, description="steps between checkpoints")
     losses: list[LossTerm] = Field(min_length=1)
+
+    @field_validator("optimizer", "scheduler", mode="before")
+    @classmethod
+    def _by_name(cls, value):
+        return _named(value)
 
 
 class EvalSpec(Params):
@@ -226,14 +242,24 @@ class Spec(Params):
             data["phases"][i]["losses"] = [
                 {**loss.resolved(), "weight": loss.weight} for loss in phase.losses
             ]
+            data["phases"][i]["optimizer"] = phase.optimizer.resolved()
+            data["phases"][i]["scheduler"] = phase.scheduler.resolved()
         return data
 
     def dataset_identity(self, name: str) -> dict:
-        """What determines a dataset's content: its spec (minus the batch size) and the teacher's."""
+        """What determines a dataset's content: its spec (minus the batch size), the teacher's, and
+        the content of every file its sampler reads (`contents`, present only where there is one)."""
         ds = self.resolved()["datasets"][name]
         ds.pop("batch_size")
         teacher = {k: v for k, v in self.teacher.resolved().items() if k not in ("device", "batch_size")}
-        return {"dataset": ds, "teacher": teacher}
+        contents = self.contents(self.datasets[name].sampler, "sampler")
+        return {"dataset": ds, "teacher": teacher, **({"contents": contents} if contents else {})}
+
+    def contents(self, ref: "ComponentRef", loc: str) -> dict[str, str]:
+        """{key: 'sha256:...'} of every file a component (and those nested in it) reads (`ContentInput`)."""
+        from kdcore.texts import text_hash
+
+        return {key: text_hash(value, self.base_dir, key) for key, value in content_inputs(ref, loc)}
 
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -403,6 +429,8 @@ def _top_refs(spec: Spec):
         yield f"datasets.{name}.sampler", ds.sampler
     yield "student", spec.student
     for i, phase in enumerate(spec.phases):
+        yield f"phases[{i}].optimizer", phase.optimizer
+        yield f"phases[{i}].scheduler", phase.scheduler
         for j, loss in enumerate(phase.losses):
             yield f"phases[{i}].losses[{j}]", loss
 
@@ -421,6 +449,10 @@ def _raw_component_tables(data: dict):
         yield "student", StudentRef, data["student"]
     if isinstance(data.get("phases"), list):
         for i, phase in enumerate(data["phases"]):
+            for key, ref_cls in (("optimizer", OptimizerRef), ("scheduler", SchedulerRef)):
+                value = _named(phase.get(key)) if isinstance(phase, dict) else None
+                if table(value):
+                    yield f"phases[{i}].{key}", ref_cls, value
             losses = phase.get("losses") if isinstance(phase, dict) else None
             for j, loss in enumerate(losses if isinstance(losses, list) else []):
                 if table(loss):
@@ -466,3 +498,15 @@ def all_refs(spec: Spec):
 
     for loc, ref in _top_refs(spec):
         yield from walk(loc, ref)
+
+
+def content_inputs(ref: ComponentRef, loc: str):
+    """(key, value) of every parameter marked `ContentInput` in `ref` and the components nested in it."""
+    from kdcore.params import ContentInput
+
+    params = ref._params
+    for field, info in type(params).model_fields.items() if params is not None else ():
+        if any(isinstance(m, ContentInput) for m in info.metadata) and getattr(params, field) is not None:
+            yield f"{loc}.{field}", getattr(params, field)
+    for key, child in child_refs(ref):
+        yield from content_inputs(child, f"{loc}.{key}")

@@ -22,13 +22,17 @@ import numpy as np
 from kdcore.chunkio import ArrayReader, ChunkError
 from kdcore.errors import StoreError
 
-FORMAT_VERSION = 2  # 2: a commit record per block (checksums, file sizes); every chunk has a file
+# 2: a commit record per block (checksums, file sizes); every chunk has a file. 3: for inputs kept as
+# seeds, the record also holds a checksum of each row's inputs as generated, which training checks
+# against the inputs it regenerates (a sampler whose code changed no longer trains silently).
+FORMAT_VERSION = 3
 
 # Dense float16 arrays (vocab-sized logits, noise inputs) are stored raw: read every epoch, and zstd
 # slows their reads far more than it saves (figures in DESIGN.md). The rest keeps zarr's zstd.
 UNCOMPRESSED = {"logits", "inputs"}
 
 RECORDS = "commits"  # a zarr group; holds `<block>.json`, the commit record of each block
+REGENERATED = "inputs (regenerated)"  # the record's entry for inputs kept as seeds: not an array
 
 
 @dataclass
@@ -75,6 +79,11 @@ class Layout:
         out["committed"] = ((self.num_blocks,), (1,), "uint8")  # one file per flag: writers never share
         return out
 
+    @property
+    def regenerates_inputs(self) -> bool:
+        """Float-row inputs kept as seeds: training regenerates them with the sampler."""
+        return self.produces == "soft" and self.inputs == "seed"
+
     def data_arrays(self) -> list[str]:
         """The arrays a block's rows are written to (all but the commit flags)."""
         return [n for n in self.arrays() if n != "committed"]
@@ -105,6 +114,11 @@ def checksum(values: np.ndarray) -> int:
     import google_crc32c  # installed with zarr, whose crc32c codec uses it
 
     return google_crc32c.value(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
+
+
+def input_checksum(soft_row) -> int:
+    """The checksum of one sample's float rows (a torch tensor, (S, V)) as the sampler made them."""
+    return checksum(soft_row.detach().cpu().contiguous().numpy())
 
 
 class StoreDamaged(StoreError):
@@ -175,7 +189,7 @@ class Store:
         version = attrs.get("format_version")
         if version != FORMAT_VERSION and isinstance(version, int) and "layout" in attrs:
             raise StoreError(f"{path}: a LlamaKD store of format {version}; this version reads format "
-                             f"{FORMAT_VERSION} (a checksum per block); regenerate it with "
+                             f"{FORMAT_VERSION}; regenerate it with "
                              f"`kd generate --overwrite SPEC`")
         if version != FORMAT_VERSION or "layout" not in attrs:
             raise StoreError(f"{path}: not a LlamaKD store of format {FORMAT_VERSION} (attrs: format_version="
@@ -292,10 +306,14 @@ class Store:
         done = self.committed()
         return [b for b in range(self.layout.num_blocks) if b % world == rank and not done[b]]
 
-    def write_block(self, b: int, data: dict[str, np.ndarray]) -> None:
-        """Block b of every array, then its commit record, then its commit flag."""
+    def write_block(self, b: int, data: dict[str, np.ndarray], inputs_rows: list[int] | None = None) -> None:
+        """Block b of every array, then its commit record, then its commit flag. `inputs_rows`: for
+        inputs kept as seeds, the checksum of each row's inputs as generated (`input_checksums`)."""
         lo, hi = self.layout.block_range(b)
         arrays = self.layout.arrays()
+        if (inputs_rows is None) == self.layout.regenerates_inputs:
+            raise ValueError(f"block {b}: input checksums {'missing' if inputs_rows is None else 'given'} "
+                             f"for a store whose inputs are {'' if self.layout.regenerates_inputs else 'not '}regenerated")
         for name, value in data.items():
             if value.shape[0] != hi - lo:
                 raise ValueError(f"block {b}: {name} has {value.shape[0]} rows, expected {hi - lo}")
@@ -306,6 +324,10 @@ class Store:
             record[name] = {"crc32c": checksum(value), "file_bytes": self._chunk_path(name, b).stat().st_size}
             if name in UNCOMPRESSED:  # rows read alone (`read_rows`) are checked alone
                 record[name]["row_crc32c"] = [checksum(row) for row in value]
+        if inputs_rows is not None:
+            if len(inputs_rows) != hi - lo:
+                raise ValueError(f"block {b}: {len(inputs_rows)} input checksums, expected {hi - lo}")
+            record[REGENERATED] = {"row_crc32c": [int(c) for c in inputs_rows]}
         replace_file(self._record_path(b), json.dumps({"block": b, "arrays": record}).encode())
         self._records[b] = record
         self.array("committed")[b] = 1  # last: the block counts only once all of it is on disk
@@ -386,20 +408,19 @@ class Store:
         return problems
 
     def _record(self, b: int) -> dict:
-        """Block b's commit record: for each array, its checksum and its chunk file's size."""
+        """Block b's commit record: for each array, its checksum and its chunk file's size. Anything
+        else (another block's, a value of the wrong type, a missing or extra entry) is damage."""
         if b not in self._records:
             try:
                 record = json.loads(self._record_path(b).read_bytes())
-                arrays = record["arrays"]
-                for entry in arrays.values():
-                    int(entry["crc32c"]), int(entry["file_bytes"])
             except FileNotFoundError:
                 raise self._damaged(b, "commit record missing (not written yet, or lost)") from None
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            except (OSError, ValueError) as e:
                 raise self._damaged(b, f"commit record unreadable ({type(e).__name__})") from None
-            if record.get("block") != b:
-                raise self._damaged(b, f"commit record is block {record.get('block')}'s")
-            self._records[b] = arrays
+            problem = record_problem(record, b, self.layout)
+            if problem:
+                raise self._damaged(b, f"commit record malformed: {problem}")
+            self._records[b] = record["arrays"]
         return self._records[b]
 
     def _damaged(self, b: int, reason: str) -> StoreDamaged:
@@ -421,6 +442,22 @@ class Store:
             if checksum(out[n]) != record[n]["crc32c"]:
                 raise self._damaged(b, f"{n}: checksum mismatch (the data is not what was written)")
         return out
+
+    def check_regenerated(self, rows: np.ndarray, soft) -> None:
+        """StoreError unless the inputs regenerated for global `rows` (float rows, (n, S, V)) are the
+        ones the targets were made from: the checksums generation recorded (seed-mode stores)."""
+        B = self.layout.block_rows
+        for row, inputs in zip(rows.tolist(), soft):
+            b, i = divmod(row, B)
+            expected = self._record(b).get(REGENERATED, {}).get("row_crc32c")
+            if expected is None or i >= len(expected):
+                raise self._damaged(b, f"{REGENERATED}: no checksum of row {i}'s inputs in the commit record")
+            if input_checksum(inputs) != expected[i]:
+                raise StoreError(
+                    f"{self.path}: the inputs sampler '{self.attrs.get('sampler', {}).get('name')}' draws now for "
+                    f"sample {row} (block {b}) are not those its targets were made from: the sampler's code or "
+                    f"its numerics changed since the store was generated. Regenerate the store "
+                    f"(`kd generate --overwrite SPEC`) or use the sampler's version that made it")
 
     def rows_readable(self, name: str) -> bool:
         """Whether `read_rows` can read single rows of array `name` without the rest of their block."""
@@ -532,3 +569,33 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{loc}: {json.dumps(a)} -> {json.dumps(b)}")
     return out
+
+
+def record_problem(record, b: int, layout: Layout) -> str | None:
+    """What is wrong with block b's commit record as read from its file, or None: it must hold
+    exactly the entries generation writes, each of its own type (checksums are 32-bit integers)."""
+    if not isinstance(record, dict) or set(record) != {"block", "arrays"} or not isinstance(record["arrays"], dict):
+        return "not a record of the form {block, arrays}"
+    if record["block"] != b or type(record["block"]) is not int:
+        return f"it is block {record['block']!r}'s"
+    arrays, rows = record["arrays"], int(np.subtract(*reversed(layout.block_range(b))))
+    expected = set(layout.data_arrays()) | ({REGENERATED} if layout.regenerates_inputs else set())
+    if set(arrays) != expected:
+        return f"entries {sorted(arrays)}, expected {sorted(expected)}"
+    for name, entry in arrays.items():
+        keys = ({"row_crc32c"} if name == REGENERATED else {"crc32c", "file_bytes"}) | (
+            {"row_crc32c"} if name in UNCOMPRESSED else set())
+        if not isinstance(entry, dict) or set(entry) != keys:
+            return f"{name}: entries {sorted(entry) if isinstance(entry, dict) else type(entry).__name__}, expected {sorted(keys)}"
+        for key in ("crc32c", "file_bytes"):
+            if key in entry and not _uint(entry[key], 32 if key == "crc32c" else 63):
+                return f"{name}.{key}: {entry[key]!r} is not a {'32-bit checksum' if key == 'crc32c' else 'file size'}"
+        rows_crc = entry.get("row_crc32c", [])
+        if "row_crc32c" in entry and (not isinstance(rows_crc, list) or len(rows_crc) != rows
+                                      or not all(_uint(c, 32) for c in rows_crc)):
+            return f"{name}.row_crc32c: not {rows} 32-bit checksums"
+    return None
+
+
+def _uint(value, bits: int) -> bool:
+    return type(value) is int and 0 <= value < 2**bits

@@ -43,25 +43,6 @@ def student_seq_len(spec: Spec) -> int:
     return max(spec.datasets[p.dataset].max_seq_len for p in spec.phases)
 
 
-def make_optimizer(phase: PhaseSpec, params):
-    if phase.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=phase.lr, momentum=phase.momentum, weight_decay=phase.weight_decay)
-    return torch.optim.AdamW(params, lr=phase.lr, weight_decay=phase.weight_decay)
-
-
-def make_scheduler(phase: PhaseSpec, optimizer, total_steps: int):
-    s = phase.scheduler
-    if s == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, phase.step_size, phase.gamma)
-    if s == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, phase.gamma)
-    if s == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total_steps))
-    if s == "plateau":  # stepped once per epoch with the epoch's mean loss
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=phase.gamma, patience=0)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-
-
 def kaiming_init(model: torch.nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
@@ -162,6 +143,7 @@ class Phase:
     losses: list  # (label, weight, loss) in spec order; the label is unique within the phase
     optimizer: torch.optim.Optimizer
     scheduler: object
+    per_epoch: bool  # the scheduler steps once per epoch with the mean loss
     positions: str
 
 
@@ -263,6 +245,7 @@ class Trainer:
         for p in range(len(self.spec.phases)):
             self.builder.check_phase(p, student)
             self.builder.losses(p)
+            self.builder.scheduler(p, self.builder.optimizer(p, student.parameters()), 1)
 
     def start_or_resume(self, ckpt: dict | None) -> tuple[torch.nn.Module, TrainState]:
         student = self.build_student().to(self.device)
@@ -285,8 +268,8 @@ class Trainer:
             total = min(total, spec.max_steps)
         built = self.builder.losses(p)
         losses = [(label, w, fn) for label, (_, w, fn) in zip(loss_labels([n for n, _, _ in built]), built)]
-        optimizer = make_optimizer(spec, student.parameters())
-        scheduler = make_scheduler(spec, optimizer, total)
+        optimizer = self.builder.optimizer(p, student.parameters())
+        scheduler, per_epoch = self.builder.scheduler(p, optimizer, total)
         if ckpt is None:
             torch.manual_seed(spec.seed)
             if spec.init == "kaiming":
@@ -297,7 +280,7 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         label = spec.name or f"phase {p} ({spec.dataset})"
         positions = self.spec.datasets[spec.dataset].positions
-        return Phase(p, spec, label, store, total, losses, optimizer, scheduler, positions)
+        return Phase(p, spec, label, store, total, losses, optimizer, scheduler, per_epoch, positions)
 
     def train_phase(self, p: int, student, model, state: TrainState, ckpt: dict | None) -> None:
         """Train phase p from `state`: its start (ckpt None) or the checkpoint's position in it."""
@@ -350,7 +333,7 @@ class Trainer:
                            f"{details}, grad_norm={float(grad_norm):.4g}")
         lr = phase.optimizer.param_groups[0]["lr"]
         phase.optimizer.step()
-        if phase.spec.scheduler != "plateau":
+        if not phase.per_epoch:
             phase.scheduler.step()
         state.step_in_epoch += 1
         state.phase_step += 1
@@ -369,7 +352,7 @@ class Trainer:
             "phase": phase.index, "epoch": state.epoch, "step": state.global_step, "mean_loss": mean_loss,
             "distinct_pred": len(stats.pred), "distinct_teacher": len(stats.teacher),
         })
-        if phase.spec.scheduler == "plateau":  # the same mean on every rank, so the same lr
+        if phase.per_epoch:  # the same mean on every rank, so the same lr
             phase.scheduler.step(mean_loss)
         state.epoch += 1
         state.step_in_epoch = 0

@@ -34,3 +34,17 @@ def kd_register_losses(register):
     from kd_plugins import losses
 
     losses.register_all(register)
+
+
+@hookimpl
+def kd_register_optimizers(register):
+    from kd_plugins import optim
+
+    optim.register_optimizers(register)
+
+
+@hookimpl
+def kd_register_schedulers(register):
+    from kd_plugins import optim
+
+    optim.register_schedulers(register)

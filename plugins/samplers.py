@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from pydantic import Field, model_validator
 
-from kdcore.components import BuildContext, Inputs, ParamError, Params, added_field, generator, runs_teacher, sample_seed
+from kdcore.components import BuildContext, Inputs, ParamError, Params, TextFile, added_field, generator, runs_teacher, sample_seed
 from kdcore.spec import SamplerRef
 from kdcore.threads import spread
 
@@ -431,29 +431,50 @@ class Mix:
 
 
 class TextWindowsParams(Params):
-    """Windows of REAL text (not data-free): the upper reference that data-free recipes are read against."""
+    """Windows of REAL text (not data-free): the reference that data-free recipes are read against.
+    Every window of the text is read once before any is read again."""
 
-    text: str = Field("builtin:reference.txt", description="a text file, or builtin:NAME")
+    text: TextFile = Field("builtin:reference.txt", description="a text file, builtin:NAME or corpus:NAME")
+
+
+TEXT_PASSES = 5  # generator salt of a text's passes (1-4 are other samplers')
 
 
 class TextWindows:
+    """The text cut into `passes` of whole windows of S tokens. Pass c holds samples c*n .. c*n + n-1
+    (n windows): the windows start at an offset in [0, S) and come in an order, both drawn from
+    (seed, c). So no window repeats until the text is used up, and a later pass reads other windows
+    (shifted by its offset). A pure function of (seed, index), as every sampler is."""
+
     produces = "ids"
     deterministic = "pure"
 
     def __init__(self, params: TextWindowsParams, ctx: BuildContext):
-        from kdcore.texts import read_text, resolve_text
+        from kdcore.texts import read_text
 
         self.S = ctx.max_seq_len
-        if resolve_text(params.text, ctx.base_dir).resolve() in ctx.eval_texts:
-            raise ParamError("text", f"{params.text} is also an evaluation text (eval.text or eval.extra_texts): "
-                             "evaluate on text the student never saw")
         self.tokens = torch.tensor(ctx.teacher().tokenizer().encode(read_text(params.text, ctx.base_dir)))
-        if len(self.tokens) <= self.S:
+        self.per_pass = (len(self.tokens) - self.S + 1) // self.S  # whole windows after any offset < S
+        if self.per_pass < 1:
             raise ParamError("text", f"{params.text} has {len(self.tokens)} tokens, fewer than max_seq_len")
+        self._passes: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
+
+    def _pass(self, seed: int, c: int) -> tuple[torch.Tensor, int]:
+        """Pass c's window order and offset (drawn once, kept)."""
+        if (seed, c) not in self._passes:
+            g = generator(seed, c, salt=TEXT_PASSES)
+            offset = int(torch.randint(0, self.S, (), generator=g))
+            self._passes[(seed, c)] = (torch.randperm(self.per_pass, generator=g), offset)
+        return self._passes[(seed, c)]
+
+    def start(self, seed: int, index: int) -> int:
+        """Where sample `index` starts in the text's tokens."""
+        c, j = divmod(int(index), self.per_pass)
+        order, offset = self._pass(seed, c)
+        return offset + int(order[j]) * self.S
 
     def sample(self, indices, seed):
-        starts = [int(torch.randint(0, len(self.tokens) - self.S + 1, (), generator=generator(seed, int(i)))) for i in indices]
-        ids = torch.stack([self.tokens[s : s + self.S] for s in starts])
+        ids = torch.stack([self.tokens[s : s + self.S] for s in (self.start(seed, i) for i in indices)])
         return Inputs(lengths=_full(len(indices), self.S), ids=ids)
 
 

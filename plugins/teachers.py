@@ -20,16 +20,12 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import Field
 
+from kdcore.cache import cache_dir
 from kdcore.components import BuildContext, Inputs, ParamError, Params, Seed, last_positions
 from kdcore.errors import KDError, requires
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_dir() -> Path:
-    """Where converted teachers are kept (KD_CACHE, else ~/.cache/llamakd)."""
-    return Path(os.environ.get("KD_CACHE") or Path.home() / ".cache" / "llamakd")
 
 
 class RunOn(Params):

@@ -99,8 +99,16 @@ def _on_its_teacher(path: Path):
     return pytest.param(path, marks=marks, id=str(path.relative_to(REPO)))
 
 
+@pytest.fixture
+def corpus_stand_in(monkeypatch):
+    """`corpus:NAME` read from the shipped excerpt: the suite never downloads the corpus (`make corpus`)."""
+    import kdcore.texts
+
+    monkeypatch.setattr(kdcore.texts, "corpus_path", lambda name: kdcore.texts.HERE / "corpus_excerpt.txt")
+
+
 @pytest.mark.parametrize("path", [_on_its_teacher(p) for p in EXPERIMENTS])
-def test_experiment_spec_validates(path):
+def test_experiment_spec_validates(path, corpus_stand_in):
     spec = load_spec(path)  # the schema, every component's name and parameters: no teacher needed
     local = getattr(spec.teacher.params, "path", None)
     code, output = kd("validate", path)  # and what needs the teacher: vocabulary, positions, student

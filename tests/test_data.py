@@ -15,6 +15,7 @@ from kdcore.components import Inputs
 from kdcore.data import StoreBatches, epoch_plan, loader, pad_to
 from kdcore.generate import generate
 from kdcore.spec import load_spec
+from kdcore.errors import StoreError
 from kdcore.store import Store
 
 # --- the epoch plan (pure numpy) ------------------------------------------------------------------
@@ -154,9 +155,30 @@ def test_seed_mode_regenerates_the_inputs_the_teacher_saw(seed_store):
         logits = builder.teacher.logits(batch.inputs, "last")
         # other batches than at generation, the same logits: the teacher is batch-invariant (ALIGN)
         assert torch.equal(logits.half(), batch.targets.logits)
-    # a wrong dataset seed gives other inputs, and the teacher disagrees with the stored logits
-    wrong = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise"), spec.datasets["noise"].seed + 1)[0]
-    assert not torch.allclose(builder.teacher.logits(wrong.inputs, "last"), wrong.targets.logits.float(), atol=1e-2)
+    # a wrong dataset seed gives other inputs than the targets were made from: refused, never trained on
+    wrong = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise"), spec.datasets["noise"].seed + 1)
+    with pytest.raises(StoreError, match="sampler 'length-mix' draws now for sample .* are not those its targets were made from"):
+        wrong[0]
+
+
+def test_a_sampler_whose_code_changed_is_not_trained_on_silently(seed_store, monkeypatch):
+    """The same spec, the sampler's code changed since generation (its draws moved by 1e-3): its
+    regenerated inputs no longer match the checksums generation recorded, and the batch is refused."""
+    from kd_plugins import samplers
+
+    spec, builder, store = seed_store
+    plan = epoch_plan(store.layout.num_samples, store.layout.block_rows, 8, 2, seed=0, epoch=0)
+    draw = samplers.Uniform.sample
+
+    def changed(self, indices, seed):
+        inputs = draw(self, indices, seed)
+        inputs.soft += 1e-3 * (inputs.soft != 0)
+        return inputs
+
+    monkeypatch.setattr(samplers.Uniform, "sample", changed)
+    batches = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise", check=False), spec.datasets["noise"].seed)
+    with pytest.raises(StoreError, match=f"{store.path}: the inputs sampler 'length-mix'"):
+        batches[0]
 
 
 def test_dense_inputs_topk_all_positions_and_pad_to(dense_store):

@@ -174,6 +174,77 @@ def test_hook_kd_register_losses(tiny_spec):
         unregister(registry, plugin)
 
 
+class LionParams(Params):
+    """Sign-of-momentum updates (a third party's optimizer)."""
+
+    beta: float = Field(0.9, ge=0, lt=1)
+
+
+class Lion:
+    def __init__(self, params: LionParams, ctx):
+        self.beta = params.beta
+
+    def __call__(self, parameters, lr):
+        return torch.optim.SGD(parameters, lr=lr, momentum=self.beta)  # stands in for the real update rule
+
+
+def test_hook_kd_register_optimizers(tiny_spec):
+    class Plugin:
+        @hookimpl
+        def kd_register_optimizers(self, register):
+            register("lion", Lion, LionParams)
+
+    plugin = Plugin()
+    registry = with_plugin(plugin)
+    try:
+        tiny_spec["phases"][0]["optimizer"] = {"name": "lion", "beta": 0.5}
+        spec = parse_spec(tiny_spec, registry=registry)
+        optimizer = Builder(spec).optimizer(0, [torch.nn.Parameter(torch.zeros(3))])
+        assert isinstance(optimizer, torch.optim.SGD)
+        assert optimizer.param_groups[0]["momentum"] == 0.5 and optimizer.param_groups[0]["lr"] == spec.phases[0].lr
+        assert spec.resolved()["phases"][0]["optimizer"] == {"name": "lion", "beta": 0.5}
+    finally:
+        unregister(registry, plugin)
+
+
+class WarmupParams(Params):
+    """Linear warm-up over the first `steps` steps."""
+
+    steps: int = Field(10, gt=0)
+
+
+class Warmup:
+    per_epoch = False
+
+    def __init__(self, params: WarmupParams, ctx):
+        self.steps = params.steps
+
+    def __call__(self, optimizer, total_steps):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / self.steps))
+
+
+def test_hook_kd_register_schedulers(tiny_spec):
+    class Plugin:
+        @hookimpl
+        def kd_register_schedulers(self, register):
+            register("warmup", Warmup, WarmupParams)
+
+    plugin = Plugin()
+    registry = with_plugin(plugin)
+    try:
+        tiny_spec["phases"][0]["scheduler"] = {"name": "warmup", "steps": 4}
+        builder = Builder(parse_spec(tiny_spec, registry=registry))
+        optimizer = builder.optimizer(0, [torch.nn.Parameter(torch.zeros(3))])
+        scheduler, per_epoch = builder.scheduler(0, optimizer, 100)
+        assert per_epoch is False
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 4)  # step 0 of the warm-up
+        optimizer.step()
+        scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 2)
+    finally:
+        unregister(registry, plugin)
+
+
 def test_hook_kd_on_metrics(tmp_path):
     seen = []
 

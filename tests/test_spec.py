@@ -14,6 +14,7 @@ import pytest
 import tomli_w
 from conftest import kd_in_process as kd
 
+import kdcore.texts
 from kdcore.errors import SpecError
 
 # --- editing the tiny spec --------------------------------------------------------------------------
@@ -189,8 +190,8 @@ CASES = [
     ("lr-negative", put("phases.0.lr", -1e-3), "phases[0].lr", ["Input should be greater than 0 (got -0.001)"]),
     ("lr-inf", put("phases.0.lr", INF), "phases[0].lr", [FINITE, "(got inf)"]),
     ("lr-nan", put("phases.0.lr", NAN), "phases[0].lr", [FINITE, "(got nan)"]),
-    ("gamma-nan", put("phases.0.gamma", NAN), "phases[0].gamma", [FINITE]),
-    ("momentum-inf", put("phases.0.momentum", INF), "phases[0].momentum", [FINITE]),
+    ("gamma-nan", put("phases.0.scheduler", {"name": "step", "gamma": NAN}), "phases[0].scheduler.gamma", [FINITE]),
+    ("momentum-inf", put("phases.0.optimizer", {"name": "sgd", "momentum": INF}), "phases[0].optimizer.momentum", [FINITE]),
     ("clip-inf", put("phases.0.clip", INF), "phases[0].clip", [FINITE]),
     ("clip-zero", put("phases.0.clip", 0), "phases[0].clip", ["Input should be greater than 0"]),
     ("max-steps-zero", put("phases.0.max_steps", 0), "phases[0].max_steps", ["Input should be greater than 0"]),
@@ -244,8 +245,10 @@ CASES = [
      ["Input should be 'last' or 'all' (got 'first')"]),
     ("logits-invalid", put("datasets.noise.logits", "sparse"), "datasets.noise.logits",
      ["Input should be 'dense' or 'topk' (got 'sparse')"]),
-    ("optimizer-invalid", put("phases.0.optimizer", "adam"), "phases[0].optimizer",
-     ["Input should be 'sgd' or 'adamw' (got 'adam')"]),
+    ("optimizer-invalid", put("phases.0.optimizer", "adam"), "phases[0].optimizer.name",
+     ["unknown optimizer 'adam' — did you mean 'adamw'?"]),
+    ("scheduler-invalid", put("phases.0.scheduler", {"name": "cosine", "gamma": 0.5}), "phases[0].scheduler.gamma",
+     ["unknown key"]),
     ("eval-positions-invalid", put("eval.positions", "first"), "eval.positions", ["Input should be 'last' or 'all'"]),
     ("kl-direction-invalid", put("phases.0.losses.0.direction", "sideways"), "phases[0].losses[0].direction",
      ["Input should be 'forward' or 'reverse'"]),
@@ -275,7 +278,7 @@ CASES = [
     ("eval-text-missing", put("eval.text", "no-such.txt"), "eval.text", ["no-such.txt: no such text file"]),
     ("eval-text-a-folder", put("eval.text", "."), "eval.text", [". is not a text file"]),
     ("eval-text-builtin-without-name", put("eval.text", "builtin:"), "eval.text",
-     ["no shipped text 'builtin:'; available: builtin:eval.txt"]),
+     ["no shipped text 'builtin:'; available: builtin:corpus_excerpt.txt, builtin:eval.txt"]),
     ("eval-text-builtin-unknown", put("eval.text", "builtin:evals.txt"), "eval.text",
      ["no shipped text 'builtin:evals.txt'; available:"]),
     ("eval-text-builtin-not-a-text", put("eval.text", "builtin:__init__.py"), "eval.text",
@@ -368,7 +371,11 @@ CASES = [
      put("datasets.noise.sampler", {"name": "mix", "samplers": [{"name": "teacher-generated"}, {"name": "uniform"}]}),
      "datasets.noise.inputs", ["'seed' would re-run the teacher's generation"]),
     ("text-windows-on-the-eval-text", put("datasets.noise.sampler", {"name": "text-windows", "text": "builtin:eval.txt"}),
-     "datasets.noise.sampler.text", ["builtin:eval.txt is also an evaluation text (eval.text"]),
+     "datasets.noise.sampler.text", ["builtin:eval.txt holds the same text as eval.text (builtin:eval.txt)"]),
+    ("text-windows-on-a-copy-of-the-eval-text",
+     with_file("copy.txt", (Path(kdcore.texts.__file__).parent / "eval.txt").read_bytes(),
+               put("datasets.noise.sampler", {"name": "text-windows", "text": "copy.txt"})),
+     "datasets.noise.sampler.text", ["copy.txt holds the same text as eval.text (builtin:eval.txt)"]),
     ("text-windows-text-missing", put("datasets.noise.sampler", {"name": "text-windows", "text": "nowhere.txt"}),
      "datasets.noise.sampler.text", ["nowhere.txt: no such text file"]),
     ("text-windows-text-a-folder", put("datasets.noise.sampler", {"name": "text-windows", "text": "builtin:."}),

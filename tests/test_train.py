@@ -213,8 +213,9 @@ def _expected_lrs(kind: str, lr0: float, gamma: float, step_size: int, total: in
     ("cosine", "adamw", 1e-2), ("plateau", "sgd", 1e-7),  # a tiny lr: the loss stalls, the lr drops
 ])
 def test_schedulers_and_optimizers(make_spec, kind, optimizer, lr):
-    path = make_spec([phase(epochs=3, optimizer=optimizer, lr=lr, scheduler=kind, gamma=0.5, step_size=2,
-                            checkpoint_every=100)])
+    schedule = {"name": kind, **{"step": {"gamma": 0.5, "step_size": 2}, "exponential": {"gamma": 0.5},
+                                 "plateau": {"gamma": 0.5}}.get(kind, {})}
+    path = make_spec([phase(epochs=3, optimizer=optimizer, lr=lr, scheduler=schedule, checkpoint_every=100)])
     run = train(path).run_dir
     recs = records(path)
     assert len(recs) == 15
@@ -280,9 +281,9 @@ def test_same_seed_same_weights(make_spec):
 
 RESUME_PHASES = [
     # plateau: the lr depends on each epoch's mean loss, so the epoch's running totals must survive a kill
-    phase("noise", name="first", epochs=3, lr=3e-3, scheduler="plateau", checkpoint_every=2,
+    phase("noise", name="first", epochs=3, lr=3e-3, scheduler={"name": "plateau"}, checkpoint_every=2,
           losses=[{"name": "kl"}, {"name": "sld-cosine", "weight": 0.3}]),
-    phase("ids", name="second", epochs=3, lr=1e-3, scheduler="step", step_size=2, checkpoint_every=2,
+    phase("ids", name="second", epochs=3, lr=1e-3, scheduler={"name": "step", "step_size": 2}, checkpoint_every=2,
           losses=[{"name": "mse"}]),
 ]
 

@@ -93,6 +93,37 @@ class RandomIds:
         return Inputs(lengths=_full(len(indices), self.S), ids=ids)
 
 
+class ZipfIdsParams(Params):
+    """Token ids drawn independently from a Zipf law over the tokenizer's id order: a byte-level BPE
+    numbers its merges in the order it learned them, roughly by frequency, so low ids are common
+    pieces. p(id) is proportional to (id - low + shift) ** -exponent for low <= id < the vocabulary."""
+
+    exponent: float = Field(1.0, gt=0, description="Zipf's exponent (1: Zipf's law for words)")
+    shift: float = Field(256.0, ge=1, description="Zipf-Mandelbrot's offset: flattens the head, where a "
+                         "byte-level BPE keeps its 256 single-byte tokens before its first merge")
+    low: int = Field(0, ge=0, description="the first id drawn (past the special tokens)")
+
+
+class ZipfIds:
+    """Noise only, no sequence written by the teacher: each id independent, but common pieces common."""
+
+    produces = "ids"
+    deterministic = "pure"
+
+    def __init__(self, params: ZipfIdsParams, ctx: BuildContext):
+        if params.low >= ctx.vocab_size:
+            raise ParamError("low", f"{params.low} is past the teacher's vocabulary ({ctx.vocab_size})")
+        self.S, self.low = ctx.max_seq_len, params.low
+        ranks = torch.arange(ctx.vocab_size - params.low, dtype=torch.float64)
+        self.probs = (ranks + params.shift).pow(-params.exponent)
+        self.probs /= self.probs.sum()
+
+    def sample(self, indices, seed):
+        ids = torch.stack([torch.multinomial(self.probs, self.S, replacement=True, generator=generator(seed, int(i)))
+                           for i in indices]) + self.low
+        return Inputs(lengths=_full(len(indices), self.S), ids=ids)
+
+
 class LengthMixParams(Params):
     """A fraction of samples at full length, the rest uniform in [min_len, S-1] (the original's full_percent)."""
 
@@ -481,6 +512,7 @@ class TextWindows:
 def register_all(register) -> None:
     register("uniform", Uniform, UniformParams)
     register("random-ids", RandomIds, RandomIdsParams)
+    register("zipf-ids", ZipfIds, ZipfIdsParams)
     register("length-mix", LengthMix, LengthMixParams)
     register("gaussian", Gaussian, GaussianParams)
     register("soft-ids", SoftIds, SoftIdsParams)

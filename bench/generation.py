@@ -36,11 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
-from kdcore.build import Builder  # noqa: E402
-from kdcore.components import Inputs  # noqa: E402
-from kdcore.generate import generate  # noqa: E402
-from kdcore.spec import parse_spec  # noqa: E402
-from kdcore.store import Store  # noqa: E402
+from kdcore.stages.builder import Builder  # noqa: E402
+from kdcore.plugin.contracts import Inputs  # noqa: E402
+from kdcore.stages.generate import generate  # noqa: E402
+from kdcore.config.load import parse_spec  # noqa: E402
+from kdcore.store.store import Store  # noqa: E402
 
 SAMPLERS = {
     "uniform": {"name": "uniform", "low": -10.0, "high": 10.0},

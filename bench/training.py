@@ -36,13 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
-from kdcore.build import Builder  # noqa: E402
-from kdcore.components import Inputs, Targets  # noqa: E402
-from kdcore.data import Batch, StoreBatches, epoch_plan, loader  # noqa: E402
-from kdcore.generate import generate  # noqa: E402
-from kdcore.spec import parse_spec  # noqa: E402
-import kdcore.store  # noqa: E402
-from kdcore.chunkio import drop_from_page_cache as evict  # noqa: E402
+from kdcore.stages.builder import Builder  # noqa: E402
+from kdcore.plugin.contracts import Inputs, Targets  # noqa: E402
+from kdcore.stages.batches import Batch, StoreBatches, epoch_plan, loader  # noqa: E402
+from kdcore.stages.generate import generate  # noqa: E402
+from kdcore.config.load import parse_spec  # noqa: E402
+import kdcore.store.store  # noqa: E402
+from kdcore.store.chunkio import drop_from_page_cache as evict  # noqa: E402
 
 
 def step(student, optimizer, loss_fn, batch: Batch):
@@ -64,7 +64,7 @@ class _Unchecked:
         return False
 
 
-CHECKSUM = kdcore.store.checksum
+CHECKSUM = kdcore.store.store.checksum
 checksum_seconds = [0.0]
 
 
@@ -122,7 +122,7 @@ def main() -> None:
 
         # 1. the store, through the trainer's own data path (checked, or with the checks skipped)
         def from_store(checked: bool = True) -> float:
-            kdcore.store.checksum = timed_checksum if checked else (lambda values: _Unchecked())
+            kdcore.store.store.checksum = timed_checksum if checked else (lambda values: _Unchecked())
             student, opt = fresh()
             evict(store.path)
             start = time.perf_counter()
@@ -134,7 +134,7 @@ def main() -> None:
         # the loader alone, no student: its CPU time (all threads) per epoch, which other processes
         # on a shared machine do not change the way they change wall time
         def loader_cpu(checked: bool) -> float:
-            kdcore.store.checksum = CHECKSUM if checked else (lambda values: _Unchecked())
+            kdcore.store.store.checksum = CHECKSUM if checked else (lambda values: _Unchecked())
             evict(store.path)
             make = (lambda: builder.sampler("d")) if store.layout.produces == "soft" else None
             start = time.process_time()
@@ -195,7 +195,7 @@ def main() -> None:
                 checked_seconds += samples / rates[k][-1] if k == "store" else 0
             for checked in ((True, False) if r % 2 == 0 else (False, True)):
                 cpu[checked].append(loader_cpu(checked))
-        kdcore.store.checksum = CHECKSUM
+        kdcore.store.store.checksum = CHECKSUM
         med = {k: statistics.median(v) for k, v in rates.items()}
         disk = sum(p.stat().st_size for p in orig.iterdir())
         print(f"\n[{kind}]  (2023 files: {disk / 2**20:.0f} MiB; store: {store.bytes_on_disk() / 2**20:.1f} MiB)")

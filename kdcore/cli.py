@@ -1,4 +1,5 @@
-"""The `kd` command line. User mistakes become one clear message and exit code 1, never a traceback.
+"""The `kd` command line: arguments in, results out, and the one place problems become messages and
+exit code 1 (`--traceback` shows the whole traceback of a plugin's failure instead).
 
 Imports of torch, transformers and zarr happen inside the commands, so `kd --help` stays fast.
 """
@@ -6,42 +7,44 @@ Imports of torch, transformers and zarr happen inside the commands, so `kd --hel
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdcore.errors import KDError, SpecError, did_you_mean, missing_package
+from kdcore.problems import KDError, did_you_mean, missing_package
+from kdcore.report.console import reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LlamaKD: data-free knowledge distillation of language models.")
-out = Console()
-err = Console(stderr=True)
-
 SpecArg = typer.Argument(..., help="experiment spec (TOML)", show_default=False)
+_settings = {"traceback": False}
 
 
 def _version(value: bool) -> None:
     if value:
         from kdcore import __version__
 
-        out.print(f"llamakd {__version__}")
+        reporter.out.print(f"llamakd {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                          help="print the version and exit")) -> None:
+                                          help="print the version and exit"),
+             traceback: bool = typer.Option(False, "--traceback", help="on a failure in a plugin's code, "
+                                            "print the whole traceback as well")) -> None:
     """LlamaKD: data-free knowledge distillation of language models."""
+    _settings["traceback"] = traceback
 
 
 def main() -> None:
-    from kdcore.tuning import tune_process
+    from kdcore.system.tuning import tune_process
 
-    tune_process()  # the long-running commands' allocator settings (kdcore/tuning.py)
+    tune_process()  # the long-running commands' allocator settings (kdcore/system/tuning.py)
     try:
         app()
     except SystemExit as e:
@@ -58,72 +61,62 @@ def main() -> None:
 
 
 def _fail(e: KDError):
-    # the message quotes the user's keys and values: print them as they are, never as markup
-    err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
+    if _settings["traceback"] and e.__cause__ is not None:
+        import traceback
+
+        traceback.print_exception(e.__cause__, file=sys.stderr)
+    lines = str(e).split("\n")
+    reporter.problem(lines[0])
+    for line in lines[1:]:
+        reporter.err.print(escape(line), highlight=False, soft_wrap=True)
     raise SystemExit(1) from None
 
 
 def _spec(path: Path):
-    from kdcore.spec import load_spec
+    from kdcore.config.load import load_spec
 
-    return load_spec(path)
+    spec = load_spec(path)
+    _warn(spec.registry)
+    return spec
+
+
+def _warn(registry) -> None:
+    for warning in registry.warnings:  # an installed plugin skipped, a hook without @hookimpl
+        reporter.note(f"warning: {warning}", "yellow")
 
 
 @app.command()
 def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json", help="print JSON"),
-             check: bool = typer.Option(False, "--check", help="also draw a few samples twice from each sampler "
-                                        "(alone and in a batch) and report one that is not a pure function of "
-                                        "(seed, index); runs the teacher for samplers that need it")):
+             check: bool = typer.Option(False, "--check", help="also draw a few samples twice from every sampler, "
+                                        "built-in ones too (alone and in a batch), and report one that is not a pure "
+                                        "function of (seed, index); runs the teacher for samplers that need it")):
     """Validate a spec; print it resolved (defaults filled in), the student's size and initial weights.
-    Reads the teacher's config, never its weights (unless --check runs a sampler that needs them)."""
+    Components that are not built in are tried on tiny inputs (purity, shapes, reverted student, losses).
+    Reads the teacher's config, never its weights (unless a sampler tried needs them)."""
     s = _spec(spec)  # before the heavy imports below: most mistakes are reported at once
+    from kdcore.stages.validate import validate as check_spec
 
-    from kdcore.build import Builder
-    from kdcore.train import count_parameters, student_seq_len
-
-    builder = Builder(s)
-    problems: list[tuple[str, str]] = []
-
-    def attempt(build):  # collect the problems of every component, to report them all at once
-        try:
-            return build()
-        except SpecError as e:
-            problems.extend(e.problems)
-
-    student = attempt(lambda: builder.student(student_seq_len(s)))  # the length training builds it with
-    samplers = {name: attempt(lambda: builder.sampler(name)) for name in s.datasets}
-    attempt(builder.check_eval)
-    for i in range(len(s.phases)):
-        attempt(lambda: builder.losses(i))
-        if student is not None:
-            attempt(lambda: builder.scheduler(i, builder.optimizer(i, student.parameters()), 1))
-        if student is not None:
-            attempt(lambda: builder.check_phase(i, student))
-    if check:
-        for name, sampler in samplers.items():
-            if sampler is not None:
-                attempt(lambda: builder.check_purity(name, sampler))
-    if problems:
-        raise SpecError(s.source, list(dict.fromkeys(problems)))
-    info = {"spec": s.resolved(), "teacher_vocab": builder.teacher.vocab_size,
-            "student_parameters": count_parameters(student),
-            "student_init": getattr(student, "init_source", "random (seeded by phases[0].seed)")}
+    info = check_spec(s, purity=check)
     if json_out:
-        out.print_json(json.dumps(info))
+        reporter.out.print_json(json.dumps(info))
         return
-    out.print_json(json.dumps(info["spec"]))
-    out.print(f"[green]{escape(str(spec))}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
-              f"student '{s.student.name}' has {info['student_parameters']:,} parameters" + (", samplers pure" if check else ""),
-              soft_wrap=True)  # a long path stays whole (a folded one cannot be copied)
-    out.print(f"initial weights: {escape(info['student_init'])}", highlight=False)
+    reporter.out.print_json(json.dumps(info["spec"]))
+    reporter.out.print(f"[green]{escape(str(spec))}: valid[/green] — teacher vocab {info['teacher_vocab']}, "
+                       f"student '{s.student.name}' has {info['student_parameters']:,} parameters"
+                       + (", samplers pure" if check else ""), soft_wrap=True)  # a long path stays whole
+    reporter.out.print(f"initial weights: {escape(info['student_init'])}", highlight=False)
 
 
 @app.command()
-def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teacher, sampler, student, loss"),
-            spec: Optional[Path] = typer.Option(None, "--spec", help="also the plugins this spec names")):
-    """List every component: its kind, name, where it comes from and its parameters."""
-    from kdcore.registry import KINDS, kind_plural, load_registry
-    from kdcore.spec import spec_plugins
+def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teacher, sampler, student, loss, "
+                                               "optimizer, scheduler"),
+            spec: Optional[Path] = typer.Option(None, "--spec", help="also the plugins this spec names"),
+            json_out: bool = typer.Option(False, "--json", help="print JSON")):
+    """List every component: its kind, name, where it comes from and its parameters (with defaults and
+    descriptions)."""
+    from kdcore.config.load import spec_plugins
+    from kdcore.plugin.registry import KINDS, describe, load_registry
+    from kdcore.report.plugins_view import plugin_tables
 
     if kind is not None and kind not in KINDS:
         raise KDError(f"unknown kind '{kind}'{did_you_mean(kind, list(KINDS))}")
@@ -134,22 +127,14 @@ def plugins(kind: Optional[str] = typer.Option(None, help="only this kind: teach
         try:
             registry = load_registry(modules, spec.parent)
         except KDError as e:
-            raise SpecError(str(spec), [("plugins", str(e))]) from None
-    for k in KINDS:
-        if kind and k != kind:
-            continue
-        table = Table(title=kind_plural(k), show_lines=False)
-        for col in ("name", "from", "parameters (default)", "description"):
-            table.add_column(col, overflow="fold")  # a narrow terminal folds names instead of cutting them
-        for name in registry.names(k):
-            comp = registry.get(k, name)
-            params = ", ".join(
-                f"{f}={'required' if info.is_required() else repr(info.default)}"
-                for f, info in comp.params.model_fields.items()
-            )
-            doc = (comp.params.__doc__ or "").strip().split("\n")[0]
-            table.add_row(*map(escape, (name, comp.source, params, doc)))  # docs say "[low, high]": not markup
-        out.print(table)
+            raise e.at("plugins", str(spec)) from None
+    _warn(registry)
+    listing = describe(registry, kind)
+    if json_out:
+        reporter.out.print_json(json.dumps(listing))
+        return
+    for table in plugin_tables(listing):
+        reporter.out.print(table)
 
 
 @app.command()
@@ -157,7 +142,7 @@ def generate(spec: Path = SpecArg, dataset: Optional[list[str]] = typer.Option(N
              overwrite: bool = typer.Option(False, help="regenerate a store made from a different spec"),
              repair: bool = typer.Option(False, help="verify every block's checksums and regenerate the damaged ones")):
     """Generate the spec's datasets into the store (resumes; skips complete ones)."""
-    from kdcore.runner import Runner
+    from kdcore.stages.runner import Runner
 
     Runner(_spec(spec)).generate(dataset or None, overwrite=overwrite, repair=repair)
 
@@ -165,7 +150,7 @@ def generate(spec: Path = SpecArg, dataset: Optional[list[str]] = typer.Option(N
 @app.command()
 def train(spec: Path = SpecArg, restart: bool = typer.Option(False, help="discard checkpoints and train from scratch")):
     """Train the student through the spec's phases (resumes from the last checkpoint)."""
-    from kdcore.runner import Runner
+    from kdcore.stages.runner import Runner
 
     Runner(_spec(spec)).train(restart=restart)
 
@@ -173,7 +158,7 @@ def train(spec: Path = SpecArg, restart: bool = typer.Option(False, help="discar
 @app.command(name="eval")
 def evaluate(spec: Path = SpecArg):
     """Revert the trained student and compare it with the teacher on real text."""
-    from kdcore.runner import Runner
+    from kdcore.stages.runner import Runner
 
     Runner(_spec(spec)).evaluate()
 
@@ -182,11 +167,12 @@ def evaluate(spec: Path = SpecArg):
 def run(spec: Path = SpecArg, dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
         overwrite: bool = typer.Option(False, help="regenerate stores made from a different spec")):
     """All stages: generate, train, revert, evaluate — each skipped when already complete."""
-    from kdcore.runner import Runner
+    from kdcore.report.plan_view import plan_table
+    from kdcore.stages.runner import Runner
 
     runner = Runner(_spec(spec))
     if dry_run:
-        runner.print_plan()
+        reporter.out.print(plan_table(runner.plan(), f"{escape(str(spec))}: plan"))
         return
     runner.run(overwrite=overwrite)
 
@@ -197,13 +183,14 @@ def inspect(store: Path = typer.Argument(..., help="a store folder, e.g. store/n
             verify: bool = typer.Option(True, help="read every block and check its checksums")):
     """Describe a generated store: spec, teacher, arrays, size, completion, damage and target
     diagnostics. Exit code 1 when a block is damaged (after the report), as for any bad input."""
-    from kdcore.inspect import inspect_store, print_report
+    from kdcore.report.inspect_view import print_report
+    from kdcore.store.inspect import inspect_store
 
     report = inspect_store(store, verify=verify)
     if json_out:
-        out.print_json(json.dumps(report))
+        reporter.out.print_json(json.dumps(report))
     else:
-        print_report(report, out)
+        print_report(report, reporter.out)
     if report["damaged"]:
         raise typer.Exit(1)
 
@@ -212,9 +199,9 @@ def inspect(store: Path = typer.Argument(..., help="a store folder, e.g. store/n
 def compare(runs: list[Path] = typer.Argument(..., help="run folders (runs/<experiment>) or specs"),
             output: Optional[Path] = typer.Option(None, "--out", help="write compare.md/.json/.png here")):
     """Evaluation metrics of several runs side by side, with the baselines."""
-    from kdcore.compare import compare_runs
+    from kdcore.report.compare import compare_runs
 
-    compare_runs(runs, output, out)
+    compare_runs(runs, output)
 
 
 @app.command()
@@ -224,7 +211,7 @@ def study(folders: list[Path] = typer.Argument(..., help="folders of specs, e.g.
                                              help="compare the specs whose runs are complete; run nothing")):
     """Run every spec in the folders (resumable), then compare them: a table per evaluation text, and
     agreement and KL against the budget where a recipe ran at several."""
-    from kdcore.study import run_study
+    from kdcore.stages.study import run_study
 
     run_study(folders, output, complete_only)
 
@@ -237,7 +224,7 @@ def sample(spec: Path = SpecArg, prompt: str = typer.Argument(..., help="text to
            seed: int = typer.Option(0, min=0, help="seed of the sampling"),
            chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template")):
     """The teacher's and the trained student's continuations of PROMPT, side by side."""
-    from kdcore.sample import continue_both
+    from kdcore.stages.sample import continue_both
 
     rows = continue_both(_spec(spec), prompt, max_new_tokens, temperature, top_p, seed, chat)
     table = Table(title=f"{escape(prompt)!r} ({'greedy' if temperature == 0 else f'T={temperature:g}, top-p {top_p:g}'})",
@@ -246,7 +233,7 @@ def sample(spec: Path = SpecArg, prompt: str = typer.Argument(..., help="text to
     table.add_column("continuation", overflow="fold")
     for who, text in rows:
         table.add_row(who, escape(repr(text)))
-    out.print(table)
+    reporter.out.print(table)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ top-level `plugins` packages). Each module has a `register_all(register)`; heavy
 (transformers) happen inside the components, only when a spec selects one.
 """
 
-from kdcore.hookspecs import hookimpl
+from kdcore.api import hookimpl
 
 
 @hookimpl

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from kdcore.components import BuildContext, Params
+from kdcore.api import BuildContext, Params
 
 
 class SGDParams(Params):

@@ -13,39 +13,12 @@ from typing import Sequence
 import torch
 from pydantic import Field, model_validator
 
-from kdcore.components import BuildContext, Inputs, ParamError, Params, TextFile, added_field, generator, runs_teacher, sample_seed
-from kdcore.spec import SamplerRef
-from kdcore.threads import spread
+from kdcore.api import (BuildContext, Inputs, ParamError, Params, SamplerRef, SoftSampler, TextFile, added_field,
+                        generator, read_text, runs_teacher, sample_seed, spread)
 
 
 def _full(n: int, S: int) -> torch.Tensor:
     return torch.full((n,), S, dtype=torch.long)
-
-
-class SoftSampler:
-    """Base for samplers of float vocab rows: subclasses draw one (S, V) row block per sample.
-
-    Override `draw(g)` (return the block), or `fill(g, out)` to write it in place into the batch
-    tensor: a dense (S, V) block is megabytes, and an allocation plus a copy per sample costs as much
-    as drawing it.
-    """
-
-    produces = "soft"
-    deterministic = "pure"
-
-    def __init__(self, params, ctx: BuildContext):
-        self.p, self.V, self.S = params, ctx.vocab_size, ctx.max_seq_len
-
-    def draw(self, g: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
-
-    def fill(self, g: torch.Generator, out: torch.Tensor) -> None:
-        out.copy_(self.draw(g))
-
-    def sample(self, indices: Sequence[int], seed: int) -> Inputs:
-        rows = torch.empty(len(indices), self.S, self.V)
-        spread(lambda r: self.fill(generator(seed, int(indices[r])), rows[r]), len(indices))
-        return Inputs(lengths=_full(len(indices), self.S), soft=rows)
 
 
 # --- the original's noise -------------------------------------------------------------------------
@@ -481,8 +454,6 @@ class TextWindows:
     deterministic = "pure"
 
     def __init__(self, params: TextWindowsParams, ctx: BuildContext):
-        from kdcore.texts import read_text
-
         self.S = ctx.max_seq_len
         self.tokens = torch.tensor(ctx.teacher().tokenizer().encode(read_text(params.text, ctx.base_dir)))
         self.per_pass = (len(self.tokens) - self.S + 1) // self.S  # whole windows after any offset < S

@@ -4,7 +4,7 @@ Every student is `embed = Linear(vocab, d)` over float vocab rows followed by a 
 `embed` into an `Embedding(vocab, d)` with weight `embed.weight.T + bias`, so the student reads token
 ids and computes the same function. The llama student reverts to a transformers `LlamaForCausalLM`
 (a standard folder when saved); the others to `RevertedStudent`, the body behind an Embedding, which
-`kdcore.artifact` saves generically and rebuilds through this plugin. The llama student with
+`kdcore.run.artifact` saves generically and rebuilds through this plugin. The llama student with
 `init = "subclone"` starts from a cut-down copy of a Llama teacher (`kd_plugins.subclone`); the
 others start from random weights.
 """
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from kdcore.components import BuildContext, Inputs, ParamError, Params, last_positions
+from kdcore.api import BuildContext, CausalLMStudent, Inputs, ParamError, Params, last_positions
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -384,8 +384,6 @@ class LlamaStudent(FloatInputStudent):
 
     def revert(self):
         from transformers import LlamaForCausalLM
-
-        from kdcore.artifact import CausalLMStudent
 
         body, weight, bias = self.body, self.embed.weight, self.embed.bias
         config = copy.deepcopy(body.model.config)

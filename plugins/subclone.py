@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kdcore.errors import ParamError
+from kdcore.api import ParamError
 
 
 @dataclass

@@ -20,9 +20,8 @@ from typing import Callable, Literal, Sequence
 import torch
 from pydantic import Field
 
-from kdcore.cache import cache_dir
-from kdcore.components import BuildContext, Inputs, ParamError, Params, Seed, last_positions
-from kdcore.errors import KDError, requires
+from kdcore.api import (BuildContext, Inputs, KDError, ParamError, Params, Seed, cache_dir, last_positions, note,
+                        requires)
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -375,10 +374,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         requires(module, f"converting {gguf.name} to safetensors")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdcore.progress import console
-
     quiet_transformers()
-    console.print(f"converting {gguf.name} to float32 safetensors in {target} (once)")
+    note(f"converting {gguf.name} to float32 safetensors in {target} (once)")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.hf_quantizer = None  # dequantized to float32 on load; save it as a plain model

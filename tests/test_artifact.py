@@ -20,13 +20,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def docs_blocks(lang: str, first_line: str) -> list[str]:
-    """The fenced `lang` blocks of docs/plugin_example.md that start with (or contain) `first_line`."""
-    text = (REPO / "docs" / "plugin_example.md").read_text()
+    """The fenced `lang` blocks of docs/plugins.md that start with (or contain) `first_line`."""
+    text = (REPO / "docs" / "plugins.md").read_text()
     return [b for b in re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M) if first_line in b]
 
 
 def test_the_documented_student_plugin_goes_through_kd_run(tmp_path, monkeypatch):
-    """docs/plugin_example.md's GRU student, as a third party writes it (kdcore's documented contract
+    """docs/plugins.md's GRU student, as a third party writes it (kdcore's documented contract
     only): kd run, then the shipped folder loads in a fresh process, and it is the trained student."""
     (plugin,), (spec_text,), (usage,) = (docs_blocks("python", "# my_student.py"), docs_blocks("toml", "# gru.toml"),
                                          docs_blocks("python", "kdcore.load_student("))
@@ -49,11 +49,11 @@ def test_the_documented_student_plugin_goes_through_kd_run(tmp_path, monkeypatch
 
     # what was evaluated is the trained student: the loaded reverted model equals the float student
     from kdcore import load_student
-    from kdcore.components import Inputs
-    from kdcore.spec import load_spec
-    from kdcore.train import Trainer
+    from kdcore.api import Inputs
+    from kdcore.config.load import load_spec
+    from kdcore.stages.train import Trainer, TrainStage, train
 
-    student = Trainer(load_spec("gru.toml"), progress=False).load_trained().eval()
+    student = Trainer(TrainStage(load_spec("gru.toml"))).load_trained().eval()
     reverted = load_student(run / "reverted")
     ids = torch.randint(0, 64, (3, 8), generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([8, 2, 4])
@@ -121,11 +121,11 @@ assert not any(m.startswith(("kdcore", "kd_plugins")) for m in sys.modules)
     # the reverted model's logits are the float student's on one-hot rows
     from transformers import AutoModelForCausalLM
 
-    from kdcore.components import Inputs
-    from kdcore.spec import load_spec
-    from kdcore.train import Trainer
+    from kdcore.api import Inputs
+    from kdcore.config.load import load_spec
+    from kdcore.stages.train import Trainer, TrainStage, train
 
-    student = Trainer(load_spec(path), progress=False).load_trained().eval()
+    student = Trainer(TrainStage(load_spec(path))).load_trained().eval()
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = torch.randint(0, smollm2_teacher.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

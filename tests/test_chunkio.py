@@ -1,4 +1,4 @@
-"""Reading a store's chunk files (kdcore.chunkio): the direct reader against zarr's, page cache and
+"""Reading a store's chunk files (kdcore.store.chunkio): the direct reader against zarr's, page cache and
 direct I/O, single rows, files that look wrong, and plain zarr reads by the KD_STORE_READS setting."""
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdcore.chunkio import ChunkError, ChunkFiles, in_page_cache
-from kdcore.chunkio import drop_from_page_cache as evict
-from kdcore.store import Layout, Store, StoreDamaged
+from kdcore.store.chunkio import ChunkError, ChunkFiles, in_page_cache
+from kdcore.store.chunkio import drop_from_page_cache as evict
+from kdcore.problems import KDError
+from kdcore.store.layout import Layout
+from kdcore.store.lifecycle import create_store
+from kdcore.store.store import Store
 
 
 def layout(**kw) -> Layout:
@@ -41,7 +44,7 @@ def full_block(lay: Layout, b: int) -> dict[str, np.ndarray]:
 
 
 def written(path: Path, lay: Layout, skip: tuple = ()) -> Store:
-    store = Store.create(path, lay, {"name": path.name})
+    store = create_store(path, lay, {"name": path.name})
     for b in range(lay.num_blocks):
         if b not in skip:
             write(store, b, full_block(lay, b))
@@ -89,7 +92,7 @@ def test_plain_zarr_reads_by_setting_give_the_same_blocks_and_the_same_checks(tm
     data[100] ^= 0xFF
     chunk.write_bytes(bytes(data))
     for store in (plain, Store.open(tmp_path / "s")):
-        with pytest.raises(StoreDamaged, match="block 1: logits: checksum mismatch"):
+        with pytest.raises(KDError, match="block 1: logits: checksum mismatch"):
             store.read_block(1)
 
 
@@ -162,17 +165,17 @@ def test_rows_read_from_raw_chunk_files_equal_zarr_rows(tmp_path):
             assert np.array_equal(out, expected[name][local]), (name, b)
     assert not store.rows_readable("length") and store.rows_readable("logits")  # compressed
     row = np.zeros((1, lay.vocab_size), np.float16)
-    with pytest.raises(StoreDamaged, match="block 1: commit record missing"):
+    with pytest.raises(KDError, match="block 1: commit record missing"):
         store.read_rows("logits", 1, np.array([0]), row)
     chunk = tmp_path / "s" / "logits" / "c" / "0" / "0"
     data = bytearray(chunk.read_bytes())
     data[3 * lay.vocab_size * 2 + 5] ^= 0x10  # a bit of row 3
     chunk.write_bytes(bytes(data))
     store.read_rows("logits", 0, np.array([2, 4]), np.zeros((2, lay.vocab_size), np.float16))  # others intact
-    with pytest.raises(StoreDamaged, match="block 0: logits: checksum mismatch in row 3"):
+    with pytest.raises(KDError, match="block 0: logits: checksum mismatch in row 3"):
         store.read_rows("logits", 0, np.array([2, 3]), np.zeros((2, lay.vocab_size), np.float16))
     chunk.write_bytes(bytes(data[:-2]))
-    with pytest.raises(StoreDamaged, match="block 0: logits: chunk file is"):
+    with pytest.raises(KDError, match="block 0: logits: chunk file is"):
         store.read_rows("logits", 0, np.array([0]), row)
 
 
@@ -181,7 +184,7 @@ def test_every_chunk_has_a_file_and_files_that_look_wrong_are_refused(tmp_path):
     would then read as zeros); a chunk file of the wrong size or one that does not decode is a
     ChunkError; metadata the direct reader does not know sends reads through zarr."""
     lay = layout(num_samples=20)
-    store = Store.create(tmp_path / "s", lay, {"name": "s"})
+    store = create_store(tmp_path / "s", lay, {"name": "s"})
     zero = {**full_block(lay, 0), "logits": np.zeros((10, lay.vocab_size), np.float16)}
     write(store, 0, zero)
     write(store, 1, full_block(lay, 1))

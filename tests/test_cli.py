@@ -13,9 +13,11 @@ import pytest
 from conftest import kd_in_process as kd
 from rich.console import Console
 
+from kdcore.report.console import reporter
+
 from kdcore import cli
-from kdcore.registry import KINDS, kind_plural, load_registry
-from kdcore.spec import load_spec
+from kdcore.plugin.registry import KINDS, kind_plural, load_registry
+from kdcore.config.load import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((REPO / "experiments").rglob("*.toml"))
@@ -51,9 +53,15 @@ print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
-def test_plugins_lists_every_component_with_its_parameters(monkeypatch):
-    wide = Console(file=io.StringIO(), width=400)  # one line per component
-    monkeypatch.setattr(cli, "out", wide)
+@pytest.fixture
+def wide(monkeypatch):
+    """The reporter's stdout as a 400-column console (one line per table row)."""
+    console = Console(file=io.StringIO(), width=4000)
+    monkeypatch.setattr(reporter, "out", console)
+    return console
+
+
+def test_plugins_lists_every_component_with_its_parameters(wide):
     code, _ = kd("plugins")
     assert code == 0
     text = wide.file.getvalue()
@@ -65,14 +73,27 @@ def test_plugins_lists_every_component_with_its_parameters(monkeypatch):
             assert row is not None, f"{kind} '{name}' is not listed"
             assert "kd_plugins" in row
             for field, info in registry.get(kind, name).params.model_fields.items():
-                shown = "required" if info.is_required() else repr(info.default)
+                shown = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
                 assert f"{field}={shown}" in row, f"{kind} '{name}': {field} missing from {row}"
+                if info.description:  # each field's description beside its default
+                    assert f"{field}={shown} ({info.description})" in row
     assert "uniform in [min_len, S-1]" in text  # docstrings are printed as written, not as markup
 
 
-def test_plugins_of_one_kind(monkeypatch):
-    wide = Console(file=io.StringIO(), width=400)
-    monkeypatch.setattr(cli, "out", wide)
+def test_plugins_json_describes_every_field(wide):
+    code, _ = kd("plugins", "--json")
+    assert code == 0
+    listing = json.loads(wide.file.getvalue())
+    registry = load_registry()
+    assert {(c["kind"], c["name"]) for c in listing} == {(k, n) for k in KINDS for n in registry.names(k)}
+    zipf = next(c for c in listing if c["name"] == "zipf-ids")
+    exponent = next(p for p in zipf["parameters"] if p["name"] == "exponent")
+    assert exponent == {"name": "exponent", "type": "float", "required": False, "default": 1.0,
+                        "description": "Zipf's exponent (1: Zipf's law for words)"}
+    assert zipf["from"] == "kd_plugins" and zipf["description"].startswith("Token ids drawn independently")
+
+
+def test_plugins_of_one_kind(wide):
     assert kd("plugins", "--kind", "loss")[0] == 0
     text = wide.file.getvalue()
     assert "losses" in text and "skew-kl" in text and "uniform" not in text
@@ -163,12 +184,12 @@ def test_a_missing_package_is_one_line_naming_it_and_how_to_install_it(tmp_path,
     (ModuleNotFoundError("No module named 'sentencepiece'", name="sentencepiece"), "sentencepiece"),
 ])
 def test_an_import_error_from_a_dependency_names_the_package(monkeypatch, tiny_spec, write_spec, error, package):
-    from kdcore import runner
+    from kdcore.stages import runner
 
     def fails(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(runner.Runner, "print_plan", fails)
+    monkeypatch.setattr(runner.Runner, "plan", fails)
     code, output = kd("run", "--dry-run", write_spec(tiny_spec))
     assert code == 1 and "Traceback" not in output
     assert f"the Python package '{package}' is needed" in output and f"pip install {package}" in output
@@ -176,11 +197,11 @@ def test_an_import_error_from_a_dependency_names_the_package(monkeypatch, tiny_s
 
 def test_an_import_error_of_our_own_code_keeps_its_traceback(monkeypatch, tiny_spec, write_spec):
     """A module of kdcore or kd_plugins that cannot be imported is a bug, not a missing package."""
-    from kdcore import runner
+    from kdcore.stages import runner
 
     def fails(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'kdcore.gone'", name="kdcore.gone")
 
-    monkeypatch.setattr(runner.Runner, "print_plan", fails)
+    monkeypatch.setattr(runner.Runner, "plan", fails)
     with pytest.raises(ModuleNotFoundError):
         kd("run", "--dry-run", write_spec(tiny_spec))

@@ -10,13 +10,13 @@ import tomli_w
 import torch
 
 from conftest import TINY_SPEC
-from kdcore.build import Builder
-from kdcore.components import Inputs
-from kdcore.data import StoreBatches, epoch_plan, loader, pad_to
-from kdcore.generate import generate
-from kdcore.spec import load_spec
-from kdcore.errors import StoreError
-from kdcore.store import Store
+from kdcore.stages.builder import Builder
+from kdcore.api import Inputs
+from kdcore.stages.batches import StoreBatches, epoch_plan, loader, pad_to
+from kdcore.stages.generate import generate
+from kdcore.config.load import load_spec
+from kdcore.problems import KDError
+from kdcore.store.store import Store
 
 # --- the epoch plan (pure numpy) ------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ def _make_store(tmp, **dataset):
     path.write_text(tomli_w.dumps(data))
     spec = load_spec(path)
     builder = Builder(spec)
-    store = generate(spec, "noise", builder, progress=False)
+    store = generate(spec, "noise", builder)
     return spec, builder, store
 
 
@@ -157,7 +157,7 @@ def test_seed_mode_regenerates_the_inputs_the_teacher_saw(seed_store):
         assert torch.equal(logits.half(), batch.targets.logits)
     # a wrong dataset seed gives other inputs than the targets were made from: refused, never trained on
     wrong = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise"), spec.datasets["noise"].seed + 1)
-    with pytest.raises(StoreError, match="sampler 'length-mix' draws now for sample .* are not those its targets were made from"):
+    with pytest.raises(KDError, match="sampler 'length-mix' draws now for sample .* are not those its targets were made from"):
         wrong[0]
 
 
@@ -176,8 +176,8 @@ def test_a_sampler_whose_code_changed_is_not_trained_on_silently(seed_store, mon
         return inputs
 
     monkeypatch.setattr(samplers.Uniform, "sample", changed)
-    batches = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise", check=False), spec.datasets["noise"].seed)
-    with pytest.raises(StoreError, match=f"{store.path}: the inputs sampler 'length-mix'"):
+    batches = StoreBatches(store.path, plan, 6, lambda: builder.sampler("noise"), spec.datasets["noise"].seed)
+    with pytest.raises(KDError, match=f"{store.path}: the inputs sampler 'length-mix'"):
         batches[0]
 
 

@@ -11,7 +11,10 @@ import sys
 import pytest
 import torch
 
-from kdcore.evaluate import Accumulator, UnigramPredictor, greedy_student, text_windows
+from kdcore.eval.baselines import UnigramPredictor
+from kdcore.eval.decoding import greedy_student
+from kdcore.eval.metrics import Accumulator
+from kdcore.eval.windows import text_windows
 from kdcore.texts import HERE as TEXTS_DIR, read_text
 
 
@@ -120,7 +123,7 @@ def test_run_writes_a_report_with_baselines_and_compare_reads_it(tiny_spec, writ
     # a second run redoes nothing: the report stays byte-identical
     before = (tmp_path / "runs" / "tiny" / "eval" / "report.json").read_bytes()
     again = _kd("run", str(path))
-    assert again.returncode == 0 and "skipped" in again.stdout
+    assert again.returncode == 0 and "evaluation up to date (skipped)" in again.stderr  # notes: stderr
     assert (tmp_path / "runs" / "tiny" / "eval" / "report.json").read_bytes() == before
 
     other = dict(tiny_spec, name="tiny2")
@@ -206,7 +209,7 @@ def test_study_runs_each_spec_once_draws_the_budget_and_compares_part_way(tiny_s
 def test_compare_shows_each_distinct_untrained_student_once():
     """Runs that start from different students (a subclone, another width) each get their untrained
     row; runs that share one get a single row."""
-    from kdcore.compare import compare_rows
+    from kdcore.report.compare import compare_rows
 
     def report(name: str, untrained_kl: float) -> dict:
         metrics = lambda kl: {"top1_agreement": 0.1, "kl_teacher_student": kl, "perplexity": 100.0}  # noqa: E731
@@ -224,7 +227,8 @@ def test_compare_shows_each_distinct_untrained_student_once():
 def test_agreement_past_the_first_position_is_its_own_column():
     """A window's first position has a one-token context; the column leaves it out (every position of
     a whole window counts the same)."""
-    from kdcore.report import markdown_table, teacher_row, with_derived_columns
+    from kdcore.eval.metrics import teacher_row, with_derived_columns
+    from kdcore.report.tables import markdown_table
 
     rows = with_derived_columns([
         {"label": "all positions", "top1_agreement": 0.4, "agreement_by_position": [1.0, 0.2, 0.4], "perplexity": 8.0},

@@ -22,9 +22,9 @@ import tomli_w
 import zarr
 
 from conftest import TINY_SPEC, kd_in_process as kd
-from kdcore.generate import generate
-from kdcore.inspect import inspect_store
-from kdcore.spec import load_spec
+from kdcore.stages.generate import generate
+from kdcore.store.inspect import inspect_store
+from kdcore.config.load import load_spec
 
 BLOCK = 1  # the damaged block (of 3)
 
@@ -63,7 +63,7 @@ def pristine(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for kind in KINDS:
         root = tmp_path_factory.mktemp(kind)
-        generate(load_spec(write(spec_data(kind, root), root / "spec.toml")), "d", progress=False)
+        generate(load_spec(write(spec_data(kind, root), root / "spec.toml")), "d")
         out[kind] = root / "store" / "d"
     return out
 
@@ -158,7 +158,7 @@ DAMAGER = '''
 import os
 from pathlib import Path
 
-from kdcore.hookspecs import hookimpl
+from kdcore.plugin.hookspecs import hookimpl
 
 
 @hookimpl

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kd_plugins import losses
-from kdcore.components import Targets
+from kdcore.api import Targets
 
 STUDENT = [[1.0, 2.0, 0.5, -1.0, 0.0], [0.3, -0.2, 1.5, 2.0, -1.0]]
 TEACHER = [[2.0, 1.0, 0.0, -0.5, 0.5], [1.2, 0.0, 2.5, 1.0, -2.0]]  # no ties: top-k is unambiguous

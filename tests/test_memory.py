@@ -1,4 +1,4 @@
-"""The `kd` entry point keeps large freed blocks in glibc's heap (kdcore.tuning); importing kdcore changes nothing."""
+"""The `kd` entry point keeps large freed blocks in glibc's heap (kdcore.system.tuning); importing kdcore changes nothing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 PROBE = """
 import resource
-import kdcore.tuning, torch
-kdcore.tuning.tune_process()  # what `kd` does at its entry point
+import kdcore.system.tuning, torch
+kdcore.system.tuning.tune_process()  # what `kd` does at its entry point
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 a, b = torch.randn(50, 32000), torch.randn(50, 32000)  # a batch of vocab rows: 6.4 MB
 for i in range(21):
@@ -41,9 +41,9 @@ def test_freed_tensors_are_reused_without_page_faults():
 
 def test_importing_kdcore_changes_nothing_in_the_process():
     """A plugin author's notebook imports kdcore: no environment variable set, glibc untouched."""
-    code = ("import os; before = dict(os.environ); import kdcore, kdcore.components, kdcore.spec; "
+    code = ("import os; before = dict(os.environ); import kdcore, kdcore.plugin.contracts, kdcore.config.spec; "
             "assert dict(os.environ) == before, set(os.environ) ^ set(before); "
-            "import kdcore.tuning; assert not kdcore.tuning._done")
+            "import kdcore.system.tuning; assert not kdcore.system.tuning._done")
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr

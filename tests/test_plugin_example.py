@@ -1,115 +1,112 @@
-"""The "Writing a plugin" example is real code: copied out of the docs next to its spec, it validates,
-samples deterministically and generates a store."""
+"""The plugin author's guide (docs/plugins.md) is real code: each example plugin, copied out of the
+docs next to its spec exactly as written, validates, runs end to end and is held to its contract
+(`kd validate` tries it); its parameters are checked with the key that is wrong. The built-in
+plugins use the same public API and nothing else of kdcore."""
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import kd_in_process as kd
 import torch
 
-from kdcore.build import Builder
-from kdcore.spec import load_spec
+from conftest import kd_in_process as kd
+from kdcore.config.load import load_spec
+from kdcore.stages.builder import Builder
+from kdcore.store.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-MODULE = "my_sampler"
+GUIDE = REPO / "docs" / "plugins.md"
+EXAMPLES = {"my_sampler": "noisy.toml", "my_loss": "topk.toml", "my_student": "gru.toml"}
 
 
-def example_source() -> Path:
-    """README.md once the example is pasted there, docs/plugin_example.md until then."""
-    readme = REPO / "README.md"
-    if readme.exists() and f"# {MODULE}.py" in readme.read_text():
-        return readme
-    return REPO / "docs" / "plugin_example.md"
+def blocks(lang: str, first_line: str) -> list[str]:
+    """The fenced `lang` blocks of the guide that start with `first_line`."""
+    found = re.findall(rf"^```{lang}\n(.*?)^```", GUIDE.read_text(), flags=re.S | re.M)
+    return [b for b in found if b.startswith(first_line)]
 
 
-def fenced(markdown: str, lang: str) -> list[str]:
-    return re.findall(rf"^```{lang}\n(.*?)^```", markdown, flags=re.S | re.M)
-
-
-
-
-@pytest.fixture(params=[example_source()], ids=lambda p: str(p.relative_to(REPO)))
+@pytest.fixture(params=list(EXAMPLES))
 def example(request, tmp_path, monkeypatch):
-    """The plugin and its spec written into an empty folder, which is also the working directory."""
-    text = request.param.read_text()
-    code = [block for block in fenced(text, "python") if block.startswith(f"# {MODULE}.py\n")]
-    specs = [block for block in fenced(text, "toml") if f'plugins = ["{MODULE}"]' in block]
-    assert len(code) == 1, f"{request.param}: one ```python block starting with '# {MODULE}.py'"
-    assert len(specs) == 1, f"{request.param}: one ```toml block with plugins = [\"{MODULE}\"]"
-    (tmp_path / f"{MODULE}.py").write_text(code[0])
-    spec = tmp_path / "example.toml"
-    spec.write_text(specs[0])
+    """An example plugin and its spec written into an empty folder, also the working directory."""
+    module = request.param
+    code, spec = blocks("python", f"# {module}.py\n"), blocks("toml", f"# {EXAMPLES[module]}")
+    assert len(code) == 1 and len(spec) == 1, f"{GUIDE}: one block each of {module}.py and {EXAMPLES[module]}"
+    assert "kdcore.api" in code[0] and not re.search(r"from kdcore\.(?!api)", code[0])  # the public API only
+    (tmp_path / f"{module}.py").write_text(code[0])
+    (tmp_path / EXAMPLES[module]).write_text(spec[0])
     monkeypatch.chdir(tmp_path)  # store/ and runs/ are relative to the working directory
     monkeypatch.setattr(sys, "path", list(sys.path))  # the spec's folder is put on sys.path
-    monkeypatch.delitem(sys.modules, MODULE, raising=False)
+    monkeypatch.delitem(sys.modules, module, raising=False)
     try:
-        yield spec
+        yield tmp_path / EXAMPLES[module]
     finally:
-        sys.modules.pop(MODULE, None)
+        sys.modules.pop(module, None)
 
 
-def plugin_dataset(spec) -> str:
-    """The dataset whose sampler comes from the example plugin."""
-    names = [name for name, ds in spec.datasets.items()
-             if spec.registry.get("sampler", ds.sampler.name).source == MODULE]
-    assert names, "the example spec does not use the example's sampler"
-    return names[0]
-
-
-def test_example_validates(example):
+def test_example_validates_and_runs(example):
     code, output = kd("validate", example)
     assert code == 0, output
     assert f"{example}: valid" in " ".join(output.split())
-
-
-def test_example_samples_deterministically(example):
-    spec = load_spec(example)
-    dataset = plugin_dataset(spec)
-    builder = Builder(spec)
-    sampler = builder.sampler(dataset)
-    S, V, seed = spec.datasets[dataset].max_seq_len, builder.teacher.vocab_size, spec.datasets[dataset].seed
-
-    batch = sampler.sample(list(range(8)), seed)
-    rows = batch.ids if batch.ids is not None else batch.soft
-    assert rows.shape[:2] == (8, S) and batch.lengths.tolist() == [S] * 8
-    if batch.ids is not None:
-        assert batch.ids.dtype == torch.long and 0 <= batch.ids.min() and batch.ids.max() < V
-    # a pure function of (seed, index): the same rows whatever the batch they are asked in
-    again = sampler.sample([5, 1], seed)
-    assert torch.equal(batch.as_soft(V)[[5, 1]], again.as_soft(V))
-    assert not torch.equal(batch.as_soft(V), sampler.sample(list(range(8)), seed + 1).as_soft(V))
-    rebuilt = Builder(load_spec(example)).sampler(dataset)  # a new process would build the same sampler
-    assert torch.equal(batch.as_soft(V), rebuilt.sample(list(range(8)), seed).as_soft(V))
-
-
-def test_example_parameters_are_validated(example):
-    text = example.read_text()
-    assert "exponent = " in text
-    example.write_text(re.sub(r"exponent = \S+", "exponent = 0", text))
-    code, output = kd("validate", example)
-    assert code == 1 and f"{example}: datasets." in output
-    assert ".sampler.exponent: Input should be greater than 0" in output
-    example.write_text(text.replace("exponent = ", "exponet = "))
-    code, output = kd("validate", example)
-    assert code == 1 and "sampler.exponet: unknown key — did you mean 'exponent'?" in output
-
-
-def test_example_generates(example):
-    from kdcore.store import Store
-
-    code, output = kd("generate", example)
+    code, output = kd("run", example)
     assert code == 0, output
     spec = load_spec(example)
-    dataset = plugin_dataset(spec)
-    store = Store.open(spec.store_path(dataset))
-    assert store.complete and store.layout.num_samples == spec.datasets[dataset].samples
-    stored = torch.from_numpy(store.read_block(0, ["ids"])["ids"]).long()
-    expected = Builder(spec).sampler(dataset).sample(list(range(len(stored))), spec.datasets[dataset].seed)
-    assert torch.equal(stored, expected.ids)
-    code, output = kd("generate", example)  # complete: nothing to redo
-    assert code == 0 and "complete" in output
+    assert (spec.run_path / "eval" / "report.json").exists()
+    assert (spec.run_path / "reverted" / "config.json").exists()
+
+
+def test_the_sampler_example_is_pure_and_generates_what_it_samples(tmp_path, monkeypatch):
+    (code,), (spec_text,) = blocks("python", "# my_sampler.py\n"), blocks("toml", "# noisy.toml")
+    (tmp_path / "my_sampler.py").write_text(code)
+    (tmp_path / "noisy.toml").write_text(spec_text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "my_sampler", raising=False)
+    spec = load_spec("noisy.toml")
+    builder = Builder(spec)
+    sampler, seed = builder.sampler("noisy"), spec.datasets["noisy"].seed
+    batch = sampler.sample(list(range(8)), seed)
+    assert batch.soft.shape == (8, 8, 64) and (batch.soft.argmax(-1) >= 0).all()
+    assert torch.equal(batch.soft[[5, 1]], sampler.sample([5, 1], seed).soft)  # a pure function of (seed, index)
+    assert not torch.equal(batch.soft, sampler.sample(list(range(8)), seed + 1).soft)
+    code, output = kd("generate", "noisy.toml")
+    assert code == 0, output
+    store = Store.open(spec.store_path("noisy"))
+    assert store.complete and store.layout.regenerates_inputs  # float rows kept as seeds, checked when regenerated
+    sys.modules.pop("my_sampler", None)
+
+
+@pytest.mark.parametrize("module, edit, said", [
+    ("my_sampler", ("std = 0.2", "std = -1"), "datasets.noisy.sampler.std: Input should be greater than or equal to 0"),
+    ("my_sampler", ("std = 0.2", "sdt = 0.2"), "datasets.noisy.sampler.sdt: unknown key — did you mean 'std'?"),
+    ("my_sampler", ("std = 0.2", "std = 50.0"), "datasets.noisy.sampler.std: 50.0 drowns the one-hot entry (1.0) in noise"),
+    ("my_loss", ("k = 8", "k = 32"), "phases[0].losses[0].k: 32 is more than the 16 logits the dataset's store keeps"),
+    ("my_student", ("width = 12", "width = 0"), "student.width: Input should be greater than 0"),
+])
+def test_example_parameters_are_refused_with_their_key(tmp_path, monkeypatch, module, edit, said):
+    (code,), (spec_text,) = blocks("python", f"# {module}.py\n"), blocks("toml", f"# {EXAMPLES[module]}")
+    assert edit[0] in spec_text
+    (tmp_path / f"{module}.py").write_text(code)
+    path = tmp_path / EXAMPLES[module]
+    path.write_text(spec_text.replace(edit[0], edit[1]))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    try:
+        code, output = kd("validate", path)
+    finally:
+        sys.modules.pop(module, None)
+    assert code == 1 and "Traceback" not in output
+    assert f"{path}: {said}" in " ".join(output.split())
+
+
+def test_built_in_plugins_import_only_the_public_api():
+    """`plugins/` (kd_plugins) are plugins like any other: from kdcore they import kdcore.api alone."""
+    for path in sorted((REPO / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                assert not name.startswith("kdcore") or name == "kdcore.api", f"{path.name} imports {name}"

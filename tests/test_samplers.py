@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from kd_plugins.samplers import TeacherGenerated, TeacherGeneratedParams, nucleus
-from kdcore.build import Builder
-from kdcore.components import BuildContext, Inputs, sample_seed
-from kdcore.errors import SpecError
-from kdcore.spec import parse_spec
+from kdcore.stages.builder import Builder
+from kdcore.api import BuildContext, Inputs, sample_seed
+from kdcore.problems import KDError
+from kdcore.config.load import parse_spec
+from kdcore.stages.generate import GenerateStage
 
 # one configuration per registered sampler (a new sampler must be added here: see the test below)
 CONFIGS = {
@@ -248,7 +249,7 @@ def test_teacher_generated_prefix_may_reach_into_the_burn_in(tiny_spec, prefix):
     longer, _ = build(tiny_spec, {"name": "teacher-generated", "group": 4, "prefix": prefix}, 10)
     x, full = gen.sample(range(4), 0), longer.sample(range(4), 0)
     assert x.ids.shape == (4, 6) and torch.equal(x.ids, full.ids[:, 4:])  # the window holds the prefix's last tokens
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(KDError) as e:
         build(tiny_spec, {"name": "teacher-generated", "prefix": 11, "burn_in": 4}, 6)
     assert "datasets.noise.sampler.prefix: 11 is longer than max_seq_len 6 + burn_in 4" in str(e.value)
 
@@ -256,7 +257,7 @@ def test_teacher_generated_prefix_may_reach_into_the_burn_in(tiny_spec, prefix):
 def test_teacher_generated_burn_in_must_fit_the_teachers_positions(tiny_spec):
     gen, builder = build(tiny_spec, {"name": "teacher-generated", "burn_in": 2}, 6)
     limit = builder.teacher.max_positions
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(KDError) as e:
         build(tiny_spec, {"name": "teacher-generated", "burn_in": limit - 5}, 6)
     assert (f"datasets.noise.sampler.burn_in: max_seq_len 6 + burn_in {limit - 5} is longer than the teacher's "
             f"{limit} positions") in str(e.value)
@@ -265,8 +266,8 @@ def test_teacher_generated_burn_in_must_fit_the_teachers_positions(tiny_spec):
 def test_a_parameter_added_later_leaves_no_trace_at_its_default(tiny_spec):
     """burn_in came after stores of teacher-generated were made: at 0 the resolved spec (the dataset's
     identity) is what it was before, so those stores are not refused for a key they could not have."""
-    identity = lambda sampler: parse_spec({**tiny_spec, "datasets": {"noise": {  # noqa: E731
-        **tiny_spec["datasets"]["noise"], "sampler": sampler}}}).dataset_identity("noise")
+    identity = lambda sampler: GenerateStage(parse_spec({**tiny_spec, "datasets": {"noise": {  # noqa: E731
+        **tiny_spec["datasets"]["noise"], "sampler": sampler}}}), "noise").identity()
     before = identity({"name": "teacher-generated"})
     assert "burn_in" not in before["dataset"]["sampler"] and "top_p" in before["dataset"]["sampler"]
     assert identity({"name": "teacher-generated", "burn_in": 0}) == before
@@ -281,8 +282,8 @@ def test_a_mix_with_teacher_generated_brings_every_rows_logits(tiny_spec, monkey
     tiny_spec["datasets"]["noise"]["inputs"] = "dense"  # float rows with teacher-generated ids: stored, not redrawn
     mix, builder = build(tiny_spec, spec, 10)
     teacher, sizes = builder.teacher, []
-    forward = type(teacher).logits
-    monkeypatch.setattr(type(teacher), "logits", lambda self, x, positions: sizes.append(x.batch_size) or forward(self, x, positions))
+    forward = type(teacher.inner).logits
+    monkeypatch.setattr(type(teacher.inner), "logits", lambda self, x, positions: sizes.append(x.batch_size) or forward(self, x, positions))
     x = mix.sample([9, 2, 3, 12, 4], 1)  # two groups, out of order
     assert x.logit_rows().all()
     assert sizes and max(sizes) > 2  # the group's other rows together, not the batch's few
@@ -295,7 +296,7 @@ def test_a_mix_with_teacher_generated_brings_every_rows_logits(tiny_spec, monkey
 
 def test_a_mix_refuses_groups_that_do_not_divide_each_other(tiny_spec):
     spec = {"name": "mix", "samplers": [{"name": "teacher-generated", "group": 6}, {"name": "teacher-generated", "group": 4}]}
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(KDError) as e:
         build(tiny_spec, spec, 10)
     assert "datasets.noise.sampler.samplers: the children's groups must divide the largest one (got [4, 6])" in str(e.value)
 
@@ -304,8 +305,8 @@ def test_a_nested_mix_keeps_the_logits_its_decode_brought(tiny_spec, monkeypatch
     inner = {"name": "mix", "samplers": [{"name": "teacher-generated", "group": 4}, {"name": "random-ids"}]}
     mix, builder = build(tiny_spec, {"name": "mix", "samplers": [inner, {"name": "random-ids"}]}, 8)
     teacher, forwarded = builder.teacher, []
-    forward = type(teacher).logits
-    monkeypatch.setattr(type(teacher), "logits", lambda self, x, p: forwarded.append(x.ids.clone()) or forward(self, x, p))
+    forward = type(teacher.inner).logits
+    monkeypatch.setattr(type(teacher.inner), "logits", lambda self, x, p: forwarded.append(x.ids.clone()) or forward(self, x, p))
     x = mix.sample(range(8), 3)
     assert x.logit_rows().all()
     torch.testing.assert_close(x.logits, forward(teacher, Inputs(x.lengths, x.ids), "all"), atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""The store on its own (kdcore.store) and `kd inspect`: complete, half-written, collapsed, corrupt."""
+"""The store on its own (kdcore.store.store) and `kd inspect`: complete, half-written, collapsed, corrupt."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdcore.errors import StoreError
-from kdcore.inspect import inspect_store
-from kdcore.store import Layout, Store
+from kdcore.problems import KDError
+from kdcore.store.inspect import inspect_store
+from kdcore.store.layout import Layout
+from kdcore.store.lifecycle import create_store
+from kdcore.store.store import Store
 
 
 def layout(**kw) -> Layout:
@@ -41,7 +43,7 @@ def block(lay: Layout, b: int, collapse: bool = False, seed: int = 0) -> dict[st
 
 def make_store(path: Path, blocks: int | None = None, collapse: bool = False, **kw) -> Store:
     lay = layout(**kw)
-    store = Store.create(path, lay, {"name": path.name, "experiment": "t", "spec": {"sampler": {"name": "x"}},
+    store = create_store(path, lay, {"name": path.name, "experiment": "t", "spec": {"sampler": {"name": "x"}},
                                       "teacher": {"name": "tiny-llama", "fingerprint": "abc"}})
     for b in range(lay.num_blocks if blocks is None else blocks):
         write(store, b, block(lay, b, collapse))
@@ -65,7 +67,7 @@ def test_store_round_trip_and_commit_flags(tmp_path):
     assert store.pending_blocks() == [2, 3, 4]
     assert store.pending_blocks(rank=1, world=2) == [3]
     assert not store.complete
-    with pytest.raises(StoreError, match="uncommitted"):
+    with pytest.raises(KDError, match="uncommitted"):
         store.mark_complete()
     again = Store.open(tmp_path / "s")
     got = again.read_block(1)
@@ -100,12 +102,12 @@ def test_short_last_block_and_topk_dtypes(tmp_path):
 
 
 def test_open_refuses_what_is_not_a_store(tmp_path):
-    with pytest.raises(StoreError, match="not a LlamaKD store"):
+    with pytest.raises(KDError, match="not a LlamaKD store"):
         Store.open(tmp_path / "missing")
     import zarr
 
     zarr.open_group(str(tmp_path / "other"), mode="w").attrs["hello"] = 1
-    with pytest.raises(StoreError, match="format"):
+    with pytest.raises(KDError, match="format"):
         Store.open(tmp_path / "other")
 
 
@@ -143,7 +145,7 @@ def test_inspect_warns_on_collapse(tmp_path):
 
 def test_inspect_topk_all_positions(tmp_path):
     lay = layout(logits="topk", positions="all", num_samples=20)
-    store = Store.create(tmp_path / "s", lay, {"name": "s"})
+    store = create_store(tmp_path / "s", lay, {"name": "s"})
     rng = np.random.default_rng(0)
     for b in range(2):
         logits = rng.normal(size=(10, 8, 32)).astype(np.float32)
@@ -182,7 +184,7 @@ def corrupt(path: Path, how: str) -> None:
 def test_inspect_unreadable_store_is_a_clear_error(tmp_path, how):
     make_store(tmp_path / "s")
     corrupt(tmp_path / "s", how)
-    with pytest.raises(StoreError):
+    with pytest.raises(KDError):
         inspect_store(tmp_path / "s")
     r = kd_inspect(tmp_path / "s")
     assert r.returncode == 1
@@ -234,7 +236,7 @@ def test_inspect_topk_entropy_is_given_as_bounds(tmp_path):
     low. The report gives both bounds, says which is which, and the truth lies between them."""
     V, k = 512, 4
     lay = layout(logits="topk", topk=k, vocab_size=V, num_samples=20)
-    store = Store.create(tmp_path / "s", lay, {"name": "s"})
+    store = create_store(tmp_path / "s", lay, {"name": "s"})
     rng = np.random.default_rng(0)
     truth = []
     for b in range(2):

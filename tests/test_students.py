@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from kd_plugins import students
-from kdcore.components import BuildContext, Inputs
-from kdcore.errors import KDError
+from kdcore.api import BuildContext, Inputs
+from kdcore.problems import KDError
 
 V, S = 64, 8
 CTX = BuildContext(vocab_size=V, max_seq_len=S)
@@ -140,7 +140,7 @@ def test_crossbaby2_matches_the_literal_three_readings():
 
 @pytest.mark.parametrize("name", sorted(STUDENTS))
 def test_save_and_load_reverted_round_trip(name, tmp_path):
-    from kdcore.artifact import load_student, save_student
+    from kdcore.run.artifact import load_student, save_student
 
     params = {"word_embed": 6} if "cross" in name else {}
     reverted = build(name, **params).revert().eval()
@@ -155,7 +155,7 @@ def test_save_and_load_reverted_round_trip(name, tmp_path):
 
 
 def test_load_student_names_what_is_missing(tmp_path):
-    from kdcore.artifact import load_student
+    from kdcore.run.artifact import load_student
 
     with pytest.raises(KDError, match="no saved student"):
         load_student(tmp_path)

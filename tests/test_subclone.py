@@ -19,11 +19,11 @@ from conftest import TINY_SPEC, kd_in_process
 from kd_plugins import subclone
 from kd_plugins.students import LlamaParams, LlamaStudent, llama
 from kd_plugins.teachers import TinyLlamaParams, tiny_llama
-from kdcore.components import BuildContext, Inputs
-from kdcore.errors import ParamError
-from kdcore.generate import generate
-from kdcore.spec import load_spec
-from kdcore.train import Trainer
+from kdcore.api import BuildContext, Inputs
+from kdcore.problems import ParamError
+from kdcore.stages.generate import generate
+from kdcore.config.load import load_spec
+from kdcore.stages.train import Trainer, TrainStage, train
 
 TEACHER = {k: v for k, v in TINY_SPEC["teacher"].items() if k != "name"}  # 64 vocab, 32 wide, 4 heads / 2 KV
 FULL = {"hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate_size": 64}
@@ -222,7 +222,7 @@ def test_validate_shows_the_parameter_count_and_where_the_weights_come_from(tiny
 def test_the_reverted_subclone_is_the_same_function_and_a_plain_transformers_llama(teacher, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from kdcore.artifact import save_student
+    from kdcore.run.artifact import save_student
 
     student = subcloned(teacher, **NARROW)
     batch = inputs(64, soft=False)
@@ -253,8 +253,8 @@ def subclone_spec(tiny_spec, write_spec):
 def test_training_starts_from_the_subclone(subclone_spec):
     path = subclone_spec("still", optimizer="sgd", lr=1e-30, max_steps=1)  # the weights stay where they start
     spec = load_spec(path)
-    generate(spec, "noise", progress=False)
-    Trainer(spec, progress=False).train()
+    generate(spec, "noise")
+    train(spec)
     trained = load_file(str(spec.run_path / "student" / "float_student.safetensors"))
     plain = tiny_llama(TinyLlamaParams(**TEACHER))  # the spec's teacher, norms as built
     expected = subcloned(plain, **NARROW).state_dict()
@@ -269,14 +269,14 @@ def test_a_killed_subclone_run_resumes_exactly(subclone_spec, monkeypatch):
 
     monkeypatch.setenv("KD_DEVICE", "cpu")  # the killed run and the reference on the same device
     ref, path = (subclone_spec(n, epochs=3, checkpoint_every=2) for n in ("ref", "killed"))
-    generate(load_spec(ref), "noise", progress=False)
+    generate(load_spec(ref), "noise")
     run = load_spec(path).run_path
     env = {**os.environ, "KD_STEP_DELAY": "0.25", "KD_DEVICE": "cpu"}
     killed = _kill_when(path, run, lambda s: s["phase_step"] >= 4, env)
     assert 0 < killed["phase_step"] < 15
     done = subprocess.run([sys.executable, "-m", "kdcore", "train", str(path)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
-    Trainer(load_spec(ref), progress=False).train()
+    train(load_spec(ref))
     assert same(final_weights(ref), final_weights(path))  # resumed from the checkpoint, not re-cut
     assert [r["loss"] for r in records(path)] == [r["loss"] for r in records(ref)]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcore.components import BuildContext, Inputs
+from kdcore.api import BuildContext, Inputs
 from kd_plugins.teachers import (
     HFParams, MetaLlamaParams, SentencePieceTokenizer, TinyLlamaParams, hf_causal_lm, meta_llama, tiny_llama,
 )
@@ -152,7 +152,7 @@ def test_hf_causal_lm_relative_path_and_fingerprint(hf_dir):
 
 
 def test_hf_causal_lm_missing_path_is_clear(tmp_path):
-    from kdcore.errors import KDError
+    from kdcore.problems import KDError
 
     with pytest.raises(KDError, match="does not exist"):
         hf_causal_lm(HFParams(path=str(tmp_path / "nope")), ctx())
@@ -263,7 +263,7 @@ def test_meta_llama_fingerprint_and_tokenizer(tmp_path, spm_model, meta_model):
 
 
 def test_meta_llama_missing_files_are_clear(tmp_path):
-    from kdcore.errors import KDError
+    from kdcore.problems import KDError
 
     with pytest.raises(KDError, match="params.json"):
         meta_llama(MetaLlamaParams(path=str(tmp_path)), ctx())
@@ -381,7 +381,7 @@ def test_a_gguf_teacher_is_converted_once_keyed_by_its_fingerprint(smollm2_teach
 COLD_TEACHER = """
 import sys, torch
 from kd_plugins.teachers import SmolLM2Params, smollm2
-from kdcore.components import Inputs
+from kdcore.api import Inputs
 
 teacher = smollm2(SmolLM2Params())
 ids = torch.tensor([[1, 2, 3, 4]])

@@ -1,4 +1,4 @@
-"""Helper threads (kdcore.threads) and the read-ahead loader built on them."""
+"""Helper threads (kdcore.system.threads) and the read-ahead loader built on them."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from kdcore.data import loader
-from kdcore.threads import background, spread
+from kdcore.stages.batches import loader
+from kdcore.system.threads import background, spread
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")

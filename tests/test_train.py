@@ -20,10 +20,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_SPEC
-from kdcore.generate import generate
-from kdcore.metrics import read_metrics
-from kdcore.spec import load_spec
-from kdcore.train import Trainer, kaiming_init
+from kdcore.stages.generate import generate
+from kdcore.run.metrics_log import read_metrics
+from kdcore.config.load import load_spec
+from kdcore.run.folder import RunFolder
+from kdcore.stages.phase import PhaseLoop
+from kdcore.stages.train import Trainer, TrainStage
+from kdcore.stages.train_state import kaiming_init
 
 BIN = Path(sys.executable).parent
 
@@ -58,7 +61,7 @@ def store_dir(tmp_path_factory) -> Path:
     path.write_text(tomli_w.dumps(data))
     spec = load_spec(path)
     for name in DATASETS:
-        generate(spec, name, progress=False)
+        generate(spec, name)
     return root
 
 
@@ -78,10 +81,11 @@ def make_spec(tmp_path, store_dir):
     return make
 
 
-def train(path: Path, restart: bool = False) -> Trainer:
-    trainer = Trainer(load_spec(path), progress=False)
-    trainer.train(restart=restart)
-    return trainer
+def train(path: Path, restart: bool = False) -> RunFolder:
+    """Train the spec at `path`; its run folder."""
+    stage = TrainStage(load_spec(path))
+    stage.run(restart=restart)
+    return stage.run_folder
 
 
 def final_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -118,16 +122,16 @@ def test_curriculum_phases_resume_the_same_weights(make_spec, monkeypatch):
         phase("noise", name="noise", epochs=1, lr=1e-4),
     ])
     starts = {}
-    original = Trainer.train_phase
+    original = PhaseLoop.run
 
-    def spy(self, p, student, model, state, ckpt):
-        starts[p] = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        return original(self, p, student, model, state, ckpt)
+    def spy(self, state, ckpt):
+        starts[self.index] = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        return original(self, state, ckpt)
 
-    monkeypatch.setattr(Trainer, "train_phase", spy)
-    from kdcore.runner import Runner
+    monkeypatch.setattr(PhaseLoop, "run", spy)
+    from kdcore.stages.runner import Runner
 
-    Runner(load_spec(path), progress=False).train()  # the runner draws training.png
+    Runner(load_spec(path)).train()  # the runner draws training.png
     run = load_spec(path).run_path
 
     after0 = torch.load(run / "checkpoints" / "phase0.pt", weights_only=True)["model"]
@@ -160,7 +164,7 @@ def test_curriculum_phases_resume_the_same_weights(make_spec, monkeypatch):
 
 def test_max_steps_cuts_the_phase_across_epochs(make_spec):
     path = make_spec([phase(epochs=3, max_steps=7, checkpoint_every=3)])  # 5 batches per epoch
-    run = train(path).run_dir
+    run = train(path).path
     recs = records(path)
     assert [(r["epoch"], r["phase_step"]) for r in recs] == [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 6), (1, 7)]
     assert [r["epoch"] for r in records(path, "train_epoch")] == [0]  # epoch 1 never finished
@@ -169,7 +173,7 @@ def test_max_steps_cuts_the_phase_across_epochs(make_spec):
 
 
 def test_plots_without_records_or_with_mixed_terms(tmp_path):
-    from kdcore.plots import plot_training
+    from kdcore.report.plots import plot_training
 
     assert plot_training(tmp_path / "missing.jsonl", tmp_path / "a.png") is None
     metrics = tmp_path / "metrics.jsonl"
@@ -216,7 +220,7 @@ def test_schedulers_and_optimizers(make_spec, kind, optimizer, lr):
     schedule = {"name": kind, **{"step": {"gamma": 0.5, "step_size": 2}, "exponential": {"gamma": 0.5},
                                  "plateau": {"gamma": 0.5}}.get(kind, {})}
     path = make_spec([phase(epochs=3, optimizer=optimizer, lr=lr, scheduler=schedule, checkpoint_every=100)])
-    run = train(path).run_dir
+    run = train(path).path
     recs = records(path)
     assert len(recs) == 15
     expected = _expected_lrs(kind, lr, 0.5, 2, 15, records(path, "train_epoch"))
@@ -228,7 +232,7 @@ def test_schedulers_and_optimizers(make_spec, kind, optimizer, lr):
 
 
 def _update_norm(path: Path) -> float:
-    start = Trainer(load_spec(path), progress=False).build_student().state_dict()
+    start = Trainer(TrainStage(load_spec(path))).build_student().state_dict()
     end = final_weights(path)
     return math.sqrt(sum(float((end[k] - start[k]).double().pow(2).sum()) for k in end))
 
@@ -256,7 +260,7 @@ def test_kaiming_init_is_applied_deterministically(make_spec):
     assert same(wa, wb)
     assert not torch.allclose(wa["embed.weight"], wd["embed.weight"])
     assert wa["embed.bias"].abs().max() < 1e-20 < wd["embed.bias"].abs().max()  # kaiming zeroes the biases
-    student = Trainer(load_spec(a), progress=False).build_student()
+    student = Trainer(TrainStage(load_spec(a))).build_student()
     torch.manual_seed(7)
     kaiming_init(student)
     for k, v in student.state_dict().items():
@@ -320,7 +324,7 @@ def _kill_when(path: Path, run: Path, ready, env: dict, timeout: float = 90) -> 
 # A test plugin (not production code): every training step takes 0.25 s longer, so a kill lands mid-phase.
 SLOW_STEPS = """
 import time
-from kdcore.hookspecs import hookimpl
+from kdcore.plugin.hookspecs import hookimpl
 
 
 @hookimpl
@@ -371,18 +375,17 @@ def test_a_store_regenerated_by_another_teacher_is_not_trained_on_silently(make_
     own = tmp_path / "own-store"
     path = make_spec([phase(epochs=1)], store_dir=str(own))
     spec = load_spec(path)
-    generate(spec, "noise", progress=False)
+    generate(spec, "noise")
     code, err = kd("train", path, capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0, err
     before = final_weights(path)
-    trainer = Trainer(spec, progress=False)
-    assert trainer.is_complete()
-    fingerprint = trainer.identity["store_teachers"]["noise"]
+    assert TrainStage(spec).status().done
+    fingerprint = TrainStage(spec).identity()["store_teachers"]["noise"]
     assert fingerprint  # the store's teacher is part of what the student depends on
 
     group = zarr.open_group(str(spec.store_path("noise")), mode="r+")  # as if regenerated: other weights
     group.attrs["teacher"] = {**group.attrs["teacher"], "fingerprint": "0123456789abcdef"}
-    assert not Trainer(spec, progress=False).is_complete()
+    assert not TrainStage(spec).status().done
     code, err = kd("train", path, capsys=capsys, monkeypatch=monkeypatch)
     message = " ".join(err.split())
     assert code == 1 and "Traceback" not in err
@@ -390,7 +393,7 @@ def test_a_store_regenerated_by_another_teacher_is_not_trained_on_silently(make_
     assert same(final_weights(path), before)  # nothing was touched
     code, err = kd("train", path, "--restart", capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0, err
-    assert Trainer(spec, progress=False).is_complete()
+    assert TrainStage(spec).status().done
 
 
 def test_changed_spec_refuses_to_resume_and_restart_works(make_spec, capsys, monkeypatch):
@@ -439,7 +442,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(make_spec, cap
 # A test plugin: every rank saves the weights it ended with, through the kd_on_trained hook.
 RANK_WEIGHTS = """
 from safetensors.torch import save_model
-from kdcore.hookspecs import hookimpl
+from kdcore.plugin.hookspecs import hookimpl
 
 
 @hookimpl
@@ -469,7 +472,7 @@ def test_ddp_two_ranks_match_a_single_process(make_spec, tmp_path):
     ref = final_weights(single)
     diff = max((r0[k] - ref[k]).abs().max().item() for k in ref)
     assert diff < 1e-4, diff
-    moved = max((ref[k] - Trainer(load_spec(single), progress=False).build_student().state_dict()[k]).abs().max().item()
+    moved = max((ref[k] - Trainer(TrainStage(load_spec(single))).build_student().state_dict()[k]).abs().max().item()
                 for k in ref)
     assert moved > 100 * diff  # training moved the weights far more than the two runs differ
     # only rank 0 wrote metrics: each step once
@@ -487,21 +490,22 @@ def test_loader_workers_regenerate_the_same_noise(make_spec):
 def test_training_from_a_store_does_not_load_the_teacher(make_spec):
     # the store knows the vocabulary; a 7B teacher's weights would be read for nothing (on every DDP
     # rank). Its config and tokenizer are read (the reverted student's folder carries the tokenizer).
-    from kdcore.build import Builder
+    from kdcore.stages.builder import Builder
 
     path = make_spec([phase("noise", epochs=1), phase("ids", epochs=1)], name="noteacher")
     spec = load_spec(path)
-    builder = Builder(spec)
-    Trainer(spec, builder, progress=False).train()
+    generate(spec, "noise"), generate(spec, "ids")
+    trainer = Trainer(TrainStage(spec))
+    trainer.train(restart=False)
     assert (spec.run_path / "student" / "float_student.safetensors").exists()
-    assert not builder.teacher.loaded, "the teacher's weights were loaded during training"
+    assert not trainer.builder.teacher.loaded, "the teacher's weights were loaded during training"
 
 
 def test_vocabulary_comes_only_from_a_store_of_the_same_spec(tiny_spec, write_spec):
     # a store of the same name made by another spec (another teacher) must not decide the student's vocab
-    from kdcore.build import Builder
+    from kdcore.stages.builder import Builder
 
-    generate(load_spec(write_spec(tiny_spec, "a.toml")), "noise", progress=False)
+    generate(load_spec(write_spec(tiny_spec, "a.toml")), "noise")
     assert Builder(load_spec(write_spec(tiny_spec, "a.toml"))).vocab_size == 64
     other = copy.deepcopy(tiny_spec)
     other["teacher"]["vocab_size"] = 96
@@ -531,7 +535,7 @@ def test_restart_checks_everything_before_deleting(make_spec, tmp_path, capsys, 
 
     own = tmp_path / "own-store"
     path = make_spec([phase(epochs=1)], store_dir=str(own))
-    generate(load_spec(path), "noise", progress=False)
+    generate(load_spec(path), "noise")
     code, err = kd("train", path, capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0, err
     run = load_spec(path).run_path

@@ -13,16 +13,15 @@ import hashlib
 import os
 from pathlib import Path
 
-from kdcore.cache import corpus_path
-from kdcore.errors import ParamError
+from kdcore.problems import ParamError
+from kdcore.system.cache import corpus_path
+from kdcore.system.files import local_path
 
 HERE = Path(__file__).parent
 
 
 def resolve_text(ref: str, base_dir: Path = Path("."), key: str = "text") -> Path:
     """The text file `ref` names: `builtin:NAME`, `corpus:NAME` or a path, relative to the spec's folder first."""
-    from kdcore.spec import local_path
-
     if ref.startswith("corpus:"):
         path = corpus_path(ref.removeprefix("corpus:"))
         if not path.is_file():

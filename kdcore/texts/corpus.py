@@ -41,8 +41,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from kdcore.cache import cache_dir, corpus_path
-from kdcore.errors import KDError
+from kdcore.system.cache import cache_dir, corpus_path
+from kdcore.problems import KDError
 from kdcore.texts import HERE
 from kdcore.texts.cleaners import CLEANERS, Members, squash, to_ascii
 from kdcore.texts.corpus_sources import (EXCERPT_AVOIDS, HELD_OUT, PUBLIC_DOMAIN, SHIPPED_HELD_OUT,

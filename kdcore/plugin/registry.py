@@ -1,0 +1,254 @@
+"""Plugin loading and the component registries.
+
+`load_registry(extra_modules)` builds a pluggy PluginManager with the built-ins, the `kd` entry
+points of installed packages and any module paths a spec lists, then asks every plugin to register
+its components. Component classes may be given as "module:Class" strings and are imported only when
+`Component.resolve()` is called, so listing components stays cheap.
+
+An installed package's plugin that fails to import, or registers a name another plugin has, is
+skipped with a warning (`Registry.warnings`) rather than breaking every command: only a spec that
+uses one of its names is refused, and the problem names the package. `KD_DISABLE_PLUGINS=a,b`
+leaves out installed plugins by entry-point or package name. A spec's own plugin modules are not
+skipped: their mistakes are the spec's problems.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pluggy
+from pydantic import BaseModel
+
+from kdcore.plugin import hookspecs
+from kdcore.plugin.hookspecs import Register, Target
+from kdcore.plugin.params import contract_problem
+from kdcore.problems import KDError, did_you_mean
+
+KINDS = ("teacher", "sampler", "student", "loss", "optimizer", "scheduler")
+BUILTIN_MODULE = "kd_plugins"
+DISABLE = "KD_DISABLE_PLUGINS"
+
+
+@dataclass
+class Component:
+    kind: str
+    name: str
+    target: Target  # the class or factory, or "module:attr" imported lazily
+    params: type[BaseModel]
+    source: str  # the plugin that registered it
+
+    def resolve(self):
+        if isinstance(self.target, str):
+            module, _, attr = self.target.partition(":")
+            try:
+                self.target = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                raise KDError(f"{self.kind} '{self.name}' (from {self.source}): cannot import {self.target}: {e}") from None
+        return self.target
+
+
+@dataclass
+class Registry:
+    pm: pluggy.PluginManager
+    installed: set[str] = field(default_factory=set)  # plugins from installed packages (entry points)
+    warnings: list[str] = field(default_factory=list)
+    unusable: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> why a spec cannot use it
+    skipped: list[str] = field(default_factory=list)  # installed plugins that failed to load: why
+    components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+
+    def _register_fn(self, kind: str, source: str) -> Register:
+        def register(name: str, target: Target, params: type[BaseModel]) -> None:
+            table = self.components[kind]
+            if not isinstance(name, str) or not name:
+                raise KDError(f"{source}: a {kind} needs a non-empty string name, got {name!r}")
+            if name in table:
+                clash = f"{kind} '{name}' is registered twice: by {table[name].source} and by {source}"
+                if source not in self.installed:
+                    raise KDError(clash)
+                self.warnings.append(f"{clash}; {source}'s is skipped (uninstall one, or {DISABLE}={source})")
+                self.unusable[(kind, name)] = clash
+                return
+            if not (callable(target) or isinstance(target, str) and ":" in target):
+                raise KDError(f"{source}: {kind} '{name}': the target must be a class, a factory "
+                              f"(params, ctx) -> component, or a 'module:attr' string, got {target!r}")
+            problem = contract_problem(params)
+            if problem:
+                raise KDError(f"{source}: {kind} '{name}': {problem}")
+            table[name] = Component(kind, name, target, params, source)
+
+        return register
+
+    def collect(self) -> None:
+        for kind in KINDS:
+            caller = getattr(self.pm.hook, f"kd_register_{kind_plural(kind)}")
+            for impl in caller.get_hookimpls():  # registration order: a duplicate blames the newcomer
+                impl.function(register=self._register_fn(kind, impl.plugin_name))
+
+    def get(self, kind: str, name: str) -> Component:
+        if (kind, name) in self.unusable:
+            raise KDError(f"{self.unusable[(kind, name)]}: uninstall one of them, or set {DISABLE}")
+        table = self.components[kind]
+        if name not in table:
+            broken = f" (installed plugins that failed to load, which may provide it: {'; '.join(self.skipped)})" \
+                if self.skipped else ""
+            raise KDError(f"unknown {kind} '{name}'{did_you_mean(name, list(table))}{broken}")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+
+def kind_plural(kind: str) -> str:
+    return {"loss": "losses"}.get(kind, kind + "s")
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_registry(extra_modules: Sequence[str] = (), base_dir: Path | None = None,
+                  extra_plugins: Sequence[object] = ()) -> Registry:
+    """Built-ins, then `kd` entry points, then the spec's plugin modules, then `extra_plugins`
+    (objects with `@hookimpl` methods: inline plugins in tests, or an embedding application)."""
+    registry = Registry(make_plugin_manager())
+    pm = registry.pm
+    pm.register(importlib.import_module(BUILTIN_MODULE), name=BUILTIN_MODULE)
+    _load_installed(registry)
+    try:
+        for path in extra_modules:
+            module = import_plugin_module(path, base_dir)
+            if not pm.is_registered(module):
+                pm.register(module, name=path)
+                _unmarked_hooks(registry, module, path)
+        for plugin in extra_plugins:
+            pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise KDError(_hook_problem(pm, e)) from None
+    registry.collect()
+    return registry
+
+
+def _load_installed(registry: Registry) -> None:
+    """The `kd` entry points of installed packages, each on its own: one that fails is skipped."""
+    disabled = {n.strip() for n in os.environ.get(DISABLE, "").split(",") if n.strip()}
+    for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        dist = getattr(ep, "dist", None)
+        package = f"{dist.name} {dist.version}" if dist is not None else "an installed package"
+        if ep.name in disabled or (dist is not None and dist.name in disabled) or registry.pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            registry.pm.register(plugin, name=ep.name)
+            registry.pm.check_pending()
+        except Exception as e:
+            why = _hook_problem(registry.pm, e) if isinstance(e, pluggy.PluginValidationError) else _import_problem(e)
+            if registry.pm.has_plugin(ep.name):
+                registry.pm.unregister(name=ep.name)
+            registry.skipped.append(f"'{ep.name}' from {package}: {why}")
+            registry.warnings.append(f"installed plugin '{ep.name}' ({package}) is skipped: {why} "
+                                     f"(fix or uninstall it, or set {DISABLE}={ep.name})")
+            continue
+        registry.installed.add(ep.name)
+        _unmarked_hooks(registry, plugin, ep.name)
+
+
+def _unmarked_hooks(registry: Registry, plugin, name: str) -> None:
+    """A plugin whose kd_* functions lack @hookimpl registers nothing: say so instead of nothing."""
+    if not inspect.ismodule(plugin) or registry.pm.get_hookcallers(plugin):
+        return
+    bare = [n for n, f in vars(plugin).items() if n.startswith("kd_") and callable(f)]
+    if bare:
+        registry.warnings.append(f"plugin '{name}' defines {', '.join(bare)} without @hookimpl (kdcore.api.hookimpl): "
+                                 "it registers nothing")
+
+
+def import_plugin_module(path: str, base_dir: Path | None = None):
+    """Import a plugin given as a dotted module name or a .py file path (relative to base_dir)."""
+    if path.endswith(".py"):
+        file = Path(path)
+        if not file.is_absolute() and base_dir is not None:
+            file = base_dir / file
+        if not file.exists():
+            raise KDError(f"plugin file not found: {file}")
+        name = f"kd_user_plugin_{file.stem}"
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # the plugin's own code failed: say where, keep no half-loaded module
+            del sys.modules[name]
+            raise KDError(f"cannot import plugin file {file}: {_import_problem(e)}") from None
+        return module
+    folder = str(Path(base_dir).resolve()) if base_dir is not None else None
+    if folder is not None and folder not in sys.path:
+        # a module dropped next to the spec is importable by its name
+        sys.path.insert(0, folder)
+    importlib.invalidate_caches()  # a module written since the last import (a test, a notebook) is found
+    try:
+        return importlib.import_module(path)
+    except Exception as e:
+        raise KDError(f"cannot import plugin module '{path}': {_import_problem(e)}") from None
+
+
+def _import_problem(e: Exception) -> str:
+    if isinstance(e, SyntaxError):
+        return f"{e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
+    if isinstance(e, ImportError):
+        return str(e)
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{type(e).__name__}: {e} ({Path(frame.filename).name}, line {frame.lineno})"
+
+
+def _hook_problem(pm: pluggy.PluginManager, e: pluggy.PluginValidationError) -> str:
+    """pluggy's message, with the plugin's name and, for a misspelled hook, the closest real one."""
+    hooks = [h for h in vars(hookspecs) if h.startswith("kd_")]
+    unknown = [
+        h for h, caller in vars(pm.hook).items()
+        if isinstance(caller, pluggy.HookCaller) and not caller.has_spec()
+        and any(i.plugin is e.plugin and not i.optionalhook for i in caller.get_hookimpls())
+    ]
+    if unknown:
+        name = pm.get_name(e.plugin)
+        return f"plugin '{name}': unknown hook '{unknown[0]}'{did_you_mean(unknown[0], hooks)}"
+    return str(e).replace("\n", "; ")  # a hookimpl whose arguments do not match its hookspec
+
+
+def describe(registry: Registry, kind: str | None = None) -> list[dict]:
+    """Every component (of `kind`): its kind, name, plugin, description and parameters, each with its
+    type, default and description (`kd plugins`, `--json`)."""
+    out = []
+    for k in KINDS:
+        for name in registry.names(k) if kind in (None, k) else []:
+            comp = registry.get(k, name)
+            params = [{"name": f, "type": _type_name(info.annotation), "required": info.is_required(),
+                       "default": None if info.is_required() else _jsonable(info.get_default(call_default_factory=True)),
+                       "description": info.description or ""}
+                      for f, info in comp.params.model_fields.items()]
+            out.append({"kind": k, "name": name, "from": comp.source,
+                        "description": (comp.params.__doc__ or "").strip().split("\n")[0], "parameters": params})
+    return out
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _jsonable(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None), dict)) else repr(value)

@@ -1,0 +1,22 @@
+"""`kd plugins`' tables: a table per kind, a row per component (`kdcore.plugin.registry.describe`)."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from kdcore.plugin.registry import kind_plural
+
+
+def plugin_tables(listing: list[dict]) -> list[Table]:
+    tables = {}
+    for comp in listing:
+        table = tables.get(comp["kind"])
+        if table is None:
+            table = tables[comp["kind"]] = Table(title=kind_plural(comp["kind"]), show_lines=False)
+            for col in ("name", "from", "parameters (default)", "description"):
+                table.add_column(col, overflow="fold")  # a narrow terminal folds names instead of cutting them
+        params = ", ".join(f"{p['name']}={'required' if p['required'] else repr(p['default'])}"
+                           + (f" ({p['description']})" if p["description"] else "") for p in comp["parameters"])
+        table.add_row(*map(escape, (comp["name"], comp["from"], params, comp["description"])))  # docs hold "[a, b]"
+    return list(tables.values())

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
 from kdcore.stages.builder import Builder  # noqa: E402
-from kdcore.plugin.contracts import Inputs  # noqa: E402
+from kdcore.plugin.data import Inputs  # noqa: E402
 from kdcore.stages.generate import generate  # noqa: E402
 from kdcore.config.load import parse_spec  # noqa: E402
 from kdcore.store.store import Store  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
     def pipeline() -> float:
         shutil.rmtree(tmp / "store", ignore_errors=True)
         start = time.perf_counter()
-        generate(spec, "bench", builder, progress=False)
+        generate(spec, "bench", builder)
         return args.samples / (time.perf_counter() - start)
 
     bare()  # warm-up (allocator, kernels)

@@ -37,7 +37,7 @@ def windows(tokens: list[int], count: int, length: int) -> torch.Tensor:
 
 
 def score(student, teacher_logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, float]:
-    from kdcore.plugin.contracts import Inputs
+    from kdcore.plugin.data import Inputs
 
     lengths = torch.full((len(ids),), ids.shape[1])
     with torch.no_grad():
@@ -74,7 +74,7 @@ def main() -> None:
     from kd_plugins import subclone as sc
     from kd_plugins.students import LlamaParams, LlamaStudent
     from kd_plugins.teachers import SmolLM2Params, smollm2
-    from kdcore.plugin.contracts import BuildContext, Inputs
+    from kdcore.api import BuildContext, Inputs
     from kdcore.texts import read_text
 
     parser = argparse.ArgumentParser()

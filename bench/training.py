@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
 from kdcore.stages.builder import Builder  # noqa: E402
-from kdcore.plugin.contracts import Inputs, Targets  # noqa: E402
+from kdcore.plugin.data import Inputs, Targets  # noqa: E402
 from kdcore.stages.batches import Batch, StoreBatches, epoch_plan, loader  # noqa: E402
 from kdcore.stages.generate import generate  # noqa: E402
 from kdcore.config.load import parse_spec  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
         spec = parse_spec(copy.deepcopy(data), source="bench")
         builder = Builder(spec)
         shutil.rmtree(tmp / "store", ignore_errors=True)
-        store = generate(spec, "d", builder, progress=False)
+        store = generate(spec, "d", builder)
         smp = builder.sampler("d")
         [(_, _, loss_fn)] = builder.losses(0)
         plan = epoch_plan(samples, 100, args.batch_size, 8, seed=0, epoch=0)

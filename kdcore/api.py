@@ -25,6 +25,7 @@ from kdcore.problems import KDError, ParamError, requires
 from kdcore.report.console import reporter
 from kdcore.run.artifact import CausalLMStudent
 from kdcore.system.cache import cache_dir
+from kdcore.system.machine import gib, memory_bytes
 from kdcore.system.threads import spread
 from kdcore.texts import read_text, resolve_text
 
@@ -40,7 +41,7 @@ __all__ = [
     "Teacher", "TextTokenizer", "Sampler", "Student", "RevertedStudent", "Loss", "Optimizer", "Scheduler",
     # helpers
     "SoftSampler", "spread", "valid_rows", "bucket_log_probs", "TAIL_FLOOR", "runs_teacher", "CausalLMStudent",
-    "requires", "cache_dir", "read_text", "resolve_text", "note",
+    "requires", "cache_dir", "read_text", "resolve_text", "note", "memory_bytes", "gib",
 ]
 
 

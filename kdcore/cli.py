@@ -61,10 +61,11 @@ def main() -> None:
 
 
 def _fail(e: KDError):
-    if _settings["traceback"] and e.__cause__ is not None:
+    if _settings["traceback"]:
         import traceback
 
-        traceback.print_exception(e.__cause__, file=sys.stderr)
+        for cause in dict.fromkeys(p.cause for p in e.problems if p.cause is not None):
+            traceback.print_exception(cause, file=sys.stderr)
     lines = str(e).split("\n")
     reporter.problem(lines[0])
     for line in lines[1:]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,11 @@ class Problem:
     message: str
     key: str = ""  # where in `file`: "datasets.noise.sampler.high", "block 3"; relative until anchored
     file: str = ""  # the spec, store or file it is about
+    cause: BaseException | None = field(default=None, compare=False, repr=False)  # a plugin's exception, if any
 
     def at(self, loc: str = "", file: str = "") -> "Problem":
         """This problem anchored: its key under `loc`, in `file` unless it names its own."""
-        return Problem(self.message, join_key(loc, self.key), self.file or file)
+        return Problem(self.message, join_key(loc, self.key), self.file or file, self.cause)
 
     def __str__(self) -> str:
         return ": ".join(part for part in (self.file, self.key, self.message) if part)

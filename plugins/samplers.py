@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, model_validator
 
 from kdcore.api import (BuildContext, Inputs, ParamError, Params, SamplerRef, SoftSampler, TextFile, added_field,
-                        generator, read_text, runs_teacher, sample_seed, spread)
+                        generator, gib, memory_bytes, read_text, runs_teacher, sample_seed, spread)
 
 
 def _full(n: int, S: int) -> torch.Tensor:
@@ -303,6 +303,11 @@ class TeacherGenerated(Grouped):
         if limit and self.S + params.burn_in > limit:  # past its positions the teacher writes nonsense, silently
             raise ParamError("burn_in", f"max_seq_len {self.S} + burn_in {params.burn_in} is longer than the "
                                         f"teacher's {limit} positions")
+        cache = params.group * (self.S + params.burn_in) * self.V * 4  # a group's float32 logits, kept
+        if cache > memory_bytes() // 2:
+            raise ParamError("group", f"{params.group} samples decoded together keep {gib(cache)} of logits "
+                                      f"(group x positions x vocabulary x 4 bytes), more than half this machine's "
+                                      f"{gib(memory_bytes())}: use a smaller group")
         self.group = params.group
         self._teacher, self.batch_size = ctx.teacher, ctx.batch_size
         self._last: tuple | None = None

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from kdcore.api import BuildContext, CausalLMStudent, Inputs, ParamError, Params, last_positions
+from kdcore.api import BuildContext, CausalLMStudent, Inputs, ParamError, Params, gib, last_positions, memory_bytes
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -422,6 +422,13 @@ class SubclonedLlama(LlamaStudent):
 
 def llama(params: LlamaParams, ctx: BuildContext) -> LlamaStudent:
     """A small causal Llama on float rows; learns from the last or from all positions."""
+    H, I = params.hidden_size, params.intermediate_size or 64 * -(-8 * params.hidden_size // (3 * 64))
+    count = 2 * ctx.vocab_size * H + params.layers * (4 * H * H + 3 * H * I)  # embed, head, attention, MLP
+    need = 16 * count  # float32 weights, their gradients and AdamW's two moments
+    if need > memory_bytes():  # refused before a layer is built: 10^6 layers would take the machine down
+        raise ParamError("layers" if params.layers > 64 else "hidden_size",
+                         f"a student of about {count:,} parameters needs about {gib(need)} to train (weights, "
+                         f"gradients, optimizer state), more than this machine's {gib(memory_bytes())}")
     return (SubclonedLlama if params.init == "subclone" else LlamaStudent)(params, ctx)
 
 

@@ -157,6 +157,18 @@ class HFTeacher:
     def loaded(self) -> bool:
         return "model" in self.__dict__
 
+    def parameter_count(self) -> int:
+        """The model's parameters, counted from its config alone (built on torch's meta device)."""
+        from transformers import AutoModelForCausalLM
+
+        try:
+            with torch.device("meta"):
+                return sum(p.numel() for p in AutoModelForCausalLM.from_config(self.config).parameters())
+        except RuntimeError:  # a tensor too large even to describe: count a decoder's weights from its config
+            c = self.config
+            H, I = c.hidden_size, getattr(c, "intermediate_size", 4 * c.hidden_size)
+            return 2 * c.vocab_size * H + c.num_hidden_layers * (4 * H * H + 3 * H * I)
+
     def embedding_weight(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
 
@@ -309,10 +321,20 @@ def _load_hf(folder: Path):
 
 
 def _hf_config(folder: Path, gguf_file: str | None = None):
+    """The model's config, from a folder's config.json or a GGUF file's metadata; a ParamError at
+    `path` naming what is wrong with the file (never transformers' traceback)."""
     from transformers import AutoConfig
 
     quiet_transformers()
-    return AutoConfig.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+    source = folder / gguf_file if gguf_file else folder / "config.json"
+    if not gguf_file and not source.is_file():
+        raise ParamError("path", f"{folder} has no config.json: not a Hugging Face model folder")
+    if gguf_file and source.read_bytes()[:4] != b"GGUF":
+        raise ParamError("path", f"{source} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        return AutoConfig.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ParamError("path", f"{source}: not a config transformers can read ({str(e).splitlines()[0][:200]})") from None
 
 
 def _hf_tokenizer(source: Path, gguf_file: str | None = None):
@@ -540,7 +562,11 @@ def meta_llama(params: MetaLlamaParams, ctx: BuildContext) -> HFTeacher:
     )
     if tok is None:  # checked before the (possibly 13 GB) weights are read
         raise ParamError("tokenizer", f"no tokenizer.model in {folder} or its parent; name it")
-    config = meta_config(folder, params.max_seq_len, tok)
+    try:
+        config = meta_config(folder, params.max_seq_len, tok)
+    except (ValueError, KeyError, TypeError) as e:  # params.json that is no JSON, or lacks a key
+        raise ParamError("path", f"{folder / 'params.json'}: not a Meta-format params.json ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200]})") from None
     identity = {"name": "meta-llama", "path": str(folder), "dtype": params.dtype}
     return HFTeacher("meta-llama", config, lambda: meta_to_hf(folder, config),
                      lambda: SentencePieceTokenizer(tok), identity, params)

@@ -25,6 +25,7 @@ def docs_blocks(lang: str, first_line: str) -> list[str]:
     return [b for b in re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M) if first_line in b]
 
 
+@pytest.mark.slow
 def test_the_documented_student_plugin_goes_through_kd_run(tmp_path, monkeypatch):
     """docs/plugins.md's GRU student, as a third party writes it (kdcore's documented contract
     only): kd run, then the shipped folder loads in a fresh process, and it is the trained student."""
@@ -134,6 +135,7 @@ assert not any(m.startswith(("kdcore", "kd_plugins")) for m in sys.modules)
         assert (hf(input_ids=ids).logits - expected).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_kd_sample_shows_teacher_and_student_side_by_side(tiny_spec, write_spec):
     path = write_spec(tiny_spec)
     code, out = kd("sample", path, "The cat")

@@ -101,6 +101,7 @@ def _kd(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "kdcore", *args], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_run_writes_a_report_with_baselines_and_compare_reads_it(tiny_spec, write_spec, tmp_path):
     path = write_spec(tiny_spec)
     result = _kd("run", str(path))
@@ -143,6 +144,7 @@ def test_run_writes_a_report_with_baselines_and_compare_reads_it(tiny_spec, writ
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_without_a_trained_student_is_a_clear_error(tiny_spec, write_spec):
     result = _kd("eval", str(write_spec(tiny_spec)))
     assert result.returncode == 1
@@ -175,6 +177,7 @@ def test_end_to_end_on_the_real_teacher(write_spec, tmp_path):
     assert json.loads(inspect.stdout)["teacher"]["name"] == "smollm2"
 
 
+@pytest.mark.slow
 def test_study_runs_each_spec_once_draws_the_budget_and_compares_part_way(tiny_spec, write_spec, tmp_path):
     """`kd study` runs every spec of its folders, skips complete ones, plots a recipe over its
     budgets; `--complete-only` compares what has run, runs nothing, and names what it left out."""
@@ -204,6 +207,26 @@ def test_study_runs_each_spec_once_draws_the_budget_and_compares_part_way(tiny_s
     assert (tmp_path / "runs" / "tiny_a" / "eval" / "report.json").read_bytes() == before  # nor re-ran
     assert f"Not run yet (left out above): {folder / 'c.toml'}" in (out / "compare.md").read_text()
     assert "tiny_c" not in [r["label"] for r in json.loads((out / "compare.json").read_text())]
+
+    # another session, its run folders and stores gone: the reports the study kept are its results
+    import shutil
+
+    tables = (out / "compare.md").read_text()
+    shutil.rmtree(tmp_path / "runs"), shutil.rmtree(tmp_path / "store")
+    result = _kd("study", str(folder), "--out", str(out), "--complete-only")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "tiny_a: no current run here; its recorded report" in " ".join(result.stderr.split())
+    assert (out / "compare.md").read_text() == tables  # the same tables, from the kept reports
+    # a spec changed since (another lr): its kept report is not its result any more
+    changed = copy.deepcopy(tiny_spec)
+    changed["name"], changed["recipe"] = "tiny_a", "noise"
+    changed["datasets"] = {"noise_a": dict(changed["datasets"]["noise"], samples=24)}
+    changed["phases"][0].update(dataset="noise_a", lr=5e-3)
+    write_spec(changed, "study/a.toml")
+    result = _kd("study", str(folder), "--out", str(out), "--complete-only")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert [r["label"] for r in json.loads((out / "compare.json").read_text())][0] == "tiny_b"
+    assert f"Not run yet (left out above): {folder / 'a.toml'}, {folder / 'c.toml'}" in (out / "compare.md").read_text()
 
 
 def test_compare_shows_each_distinct_untrained_student_once():

@@ -58,3 +58,52 @@ def test_a_killed_holder_leaves_no_lock(tmp_path):
     assert lock_path(store).exists()  # the stale file stays ...
     with hold(store, "s"):  # ... and is no obstacle
         assert f'"pid": {os.getpid()}' in lock_path(store).read_text()
+
+
+def test_a_writer_refused_by_readers_names_their_pids(tmp_path):
+    """A reader says who it is beside the lock; a killed reader's note is not taken for a holder."""
+    store = tmp_path / "store" / "noise"
+    child = subprocess.Popen([sys.executable, "-c", "import time; from kdcore.system.locks import hold\n"
+                              f"with hold({str(store)!r}, 's', shared=True):\n    print('held', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(KDError, match=f"store is in use by another process \\(read by pid {child.pid} on host"):
+            with hold(store, "store"):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    with hold(store, "store"):  # the killed reader's lock is gone with it
+        pass
+
+
+@pytest.mark.slow
+def test_training_holds_its_stores_against_overwrite_and_repair(tiny_spec, write_spec, tmp_path, monkeypatch):
+    """`kd train` reads its stores under a shared lock: another spec's `generate --overwrite` (or a
+    `--repair`) of the same store, attempted while it trains, is refused and names the trainer."""
+    from conftest import kd_in_process as kd
+    from kdcore.config.load import load_spec
+    from kdcore.stages.generate import generate
+    from kdcore.stages.phase import PhaseLoop
+
+    path = write_spec(tiny_spec)
+    generate(load_spec(path), "noise")
+    other = {**tiny_spec, "name": "other"}
+    other["datasets"]["noise"]["seed"] = 2  # another dataset of the same name: --overwrite would replace it
+    other_path = write_spec(other, "other.toml")
+    seen = []
+    original = PhaseLoop.run
+
+    def run_and_try(self, state, ckpt):
+        for args in (("generate", "--overwrite", other_path), ("generate", "--repair", path)):
+            seen.append(kd(*args))
+        return original(self, state, ckpt)
+
+    monkeypatch.setattr(PhaseLoop, "run", run_and_try)
+    code, output = kd("train", path)
+    assert code == 0, output
+    for code, output in seen:
+        said = " ".join(output.split())
+        assert code == 1 and f"is in use by another process (read by pid {os.getpid()}" in said, output
+    assert load_spec(path).store_path("noise").exists()

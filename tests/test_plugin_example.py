@@ -47,6 +47,7 @@ def example(request, tmp_path, monkeypatch):
         sys.modules.pop(module, None)
 
 
+@pytest.mark.slow
 def test_example_validates_and_runs(example):
     code, output = kd("validate", example)
     assert code == 0, output

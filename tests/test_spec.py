@@ -111,8 +111,63 @@ INF, NAN = float("inf"), float("nan")
 TOPK = both(put("datasets.noise.logits", "topk"), put("datasets.noise.topk", 8))
 FINITE = "Input should be a finite number"
 
+def with_folder(name: str, files: dict[str, bytes], *edits):
+    """Make a folder next to the spec holding `files`, then apply `edits` (which may name it)."""
+
+    def edit(spec, folder):
+        (folder / name).mkdir()
+        for file, content in files.items():
+            (folder / name / file).write_bytes(content)
+        for e in edits:
+            e(spec, folder)
+
+    return edit
+
+
 # (id, edit, the key path the error names (None: the file as a whole), fragments the output must contain)
 CASES = [
+    # sizes this machine cannot hold, or that would run for days: refused before anything is built
+    ("teacher-hidden-2**31", put("teacher.hidden_size", 2**31), "teacher", ["parameters need", "more than this machine's"]),
+    ("student-layers-1e6", put("student.layers", 10**6), "student.layers", ["needs about", "to train"]),
+    ("teacher-generated-group-2**40", put(U, {"name": "teacher-generated", "group": 2**40}), f"{U}.group",
+     ["samples decoded together keep", "use a smaller group"]),
+    ("samples-1e15", put("datasets.noise.samples", 10**15), "datasets.noise.samples",
+     ["teacher positions, more than 10,000,000,000"]),
+    ("blocks-past-a-million", both(put("datasets.noise.samples", 10**9), put("datasets.noise.inputs", "dense")),
+     "datasets.noise.block_size", ["125,000,000 blocks", "raise block_size"]),
+    ("max-new-tokens-1e9", put("eval.max_new_tokens", 10**9), "eval.max_new_tokens", ["past the teacher's 256 positions"]),
+    ("training-batch-past-memory", both(put("datasets.noise.samples", 10**7), put("datasets.noise.block_size", 10**4),
+                                        put("phases.0.batch_size", 10**7)),
+     "phases[0].batch_size", ["of inputs and targets, more than half this machine's"]),
+    ("teacher-batch-past-memory", both(put("datasets.noise.samples", 10**8), put("datasets.noise.block_size", 10**8),
+                                       put("datasets.noise.batch_size", 10**8)),
+     "datasets.noise.batch_size", ["of rows and logits, more than half this machine's"]),
+    # teacher files that cannot be read: named, with the key, before any weights are read
+    ("teacher-an-empty-folder", with_folder("empty", {}, put("teacher", {"name": "hf-causal-lm", "path": "empty"})),
+     "teacher.path", ["has no config.json: not a Hugging Face model folder"]),
+    ("teacher-garbage-gguf", with_file("model.gguf", b"\x00garbage" * 64, put("teacher", {"name": "hf-causal-lm", "path": "model.gguf"})),
+     "teacher.path", ["is not a GGUF file"]),
+    ("teacher-garbage-config", with_folder("hf", {"config.json": b"{garbage"}, put("teacher", {"name": "hf-causal-lm", "path": "hf"})),
+     "teacher.path", ["config.json: not a config transformers can read"]),
+    ("teacher-config-without-model-type", with_folder("hf", {"config.json": b"{}"}, put("teacher", {"name": "hf-causal-lm", "path": "hf"})),
+     "teacher.path", ["config.json: not a config transformers can read"]),
+    ("teacher-garbage-params-json", with_folder("meta", {"params.json": b"{garbage", "tokenizer.model": b"x"},
+                                                put("teacher", {"name": "meta-llama", "path": "meta"})),
+     "teacher.path", ["params.json: not a Meta-format params.json"]),
+    # evaluation that could only fail after generation and training
+    ("eval-text-empty", with_file("empty.txt", b"", put("eval.text", "empty.txt")), "eval.text",
+     ["empty.txt has 0 tokens", "fewer than eval.windows = 8"]),
+    ("eval-text-too-short-for-the-windows", with_file("short.txt", b"twelve bytes", put("eval.text", "short.txt")),
+     "eval.text", ["short.txt has 12 tokens: 6 windows of 6 tokens", "fewer than eval.windows = 8"]),
+    ("extra-eval-text-too-short", with_file("short.txt", b"abc", put("eval.extra_texts", ["short.txt"])),
+     "eval.extra_texts[0]", ["short.txt has 3 tokens"]),
+    ("eval-positions-all-of-a-last-student", both(put("eval.positions", "all"), put("student", {"name": "crossbaby"})),
+     "eval.positions", ["'all', but student 'crossbaby' predicts only last"]),
+    # folders that are files (store_dir and runs_dir are relative to the working directory: given whole here)
+    ("runs-dir-a-file", with_file("afile", b"x", under_tmp("runs_dir", "afile")), "runs_dir", ["afile is a file, not a folder"]),
+    ("store-dir-a-file", with_file("afile", b"x", under_tmp("store_dir", "afile")), "store_dir", ["afile is a file, not a folder"]),
+    ("runs-dir-under-a-file", with_file("afile", b"x", under_tmp("runs_dir", "afile/runs")), "runs_dir",
+     ["afile is a file, not a folder"]),
     # unknown keys, with "did you mean"
     ("unknown-top-level-key", put("nmae", "x"), "nmae", ["unknown key — did you mean 'name'?"]),
     ("unknown-dataset-key", put("datasets.noise.sampels", 3), "datasets.noise.sampels",
@@ -350,14 +405,15 @@ CASES = [
     ("topk-past-vocab", both(put("datasets.noise.logits", "topk"), put("datasets.noise.topk", 100)),
      "datasets.noise.topk", ["100 is larger than the vocabulary (64)"]),
     ("samples-past-a-64-bit-store", put("datasets.noise.samples", 2**62), "datasets.noise.samples",
-     ["4611686018427387904 samples of 140 bytes would make a store past 2**63 bytes"]),
+     ["4,611,686,018,427,387,904 samples x 6 positions is", "teacher positions, more than 10,000,000,000"]),
     ("length-mix-min-len-past-max-seq-len", put("datasets.noise.sampler.min_len", 7), "datasets.noise.sampler.min_len",
      ["7 is longer than max_seq_len 6"]),
     ("student-heads", put("student.hidden_size", 17), "student.heads", ["hidden_size (17) must be divisible by heads (2)"]),
     ("student-kv-heads", put("student.kv_heads", 3), "student.kv_heads", ["heads (2) must be divisible by kv_heads (3)"]),
     ("transformer-heads", put("student", {"name": "transformer-baby", "d_model": 64, "nhead": 3}), "student.nhead",
      ["d_model (64) must be divisible by nhead (3)"]),
-    ("student-past-memory", put("student.hidden_size", 2**40), "student", ["more memory than"]),
+    ("student-past-memory", put("student.hidden_size", 2**40), "student.hidden_size",
+     ["needs about", "to train (weights, gradients, optimizer state), more than this machine's"]),
     ("tiny-teacher-heads", put("teacher.heads", 3), "teacher.heads", ["hidden_size must divide by heads"]),
     ("hf-teacher-path-missing", put("teacher", {"name": "hf-causal-lm", "path": "nowhere"}), "teacher.path",
      ["nowhere does not exist"]),
@@ -425,7 +481,7 @@ def assert_user_error(code: int, output: str, path: Path, fragments: list[str], 
 
 def test_cases_are_enough_and_distinct():
     ids = [case[0] for case in CASES]
-    assert len(ids) == len(set(ids)) >= 80
+    assert len(ids) == len(set(ids)) >= 150
     # every case names its key, but those about the file as a whole
     assert all(key or frags[0].startswith(("TOML syntax error", "not UTF-8")) for _, _, key, frags in CASES)
 
@@ -438,9 +494,15 @@ def test_tiny_spec_is_valid(bad_spec):
 
 
 @pytest.mark.parametrize("edit, key, fragments", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_malformed_spec(bad_spec, edit, key, fragments):
+def test_malformed_spec(bad_spec, edit, key, fragments, tmp_path):
+    """`kd validate` and `kd run` both refuse it: exit 1, file and key, no traceback; and nothing is
+    created or deleted beside the spec (no store, no run folder, no empty folders)."""
     path = bad_spec(edit)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert_user_error(*kd("validate", path), path, fragments, key)
+    code, output = kd("run", path)
+    assert code == 1 and "Traceback" not in output and f"{path}: " in output, output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("case", ["toml-syntax-error", "sampler-misspelled", "plugin-module-missing"])
@@ -502,7 +564,7 @@ def test_missing_and_unreadable_spec_files(tmp_path):
     code, output = kd("validate", tmp_path / "nope.toml")
     assert code == 1 and "nope.toml: no such spec file" in output and "Traceback" not in output
     code, output = kd("validate", tmp_path)
-    assert code == 1 and f"{tmp_path}: cannot read the spec" in output and "Traceback" not in output
+    assert code == 1 and f"{tmp_path}: not a regular file" in output and "Traceback" not in output
 
 
 def test_valid_spec_resolves_defaults_and_counts_parameters(bad_spec):
@@ -721,3 +783,31 @@ def test_kd_plugins_with_a_spec_whose_plugin_fails(bad_spec):
     path = bad_spec(put("plugins", "zipf_probe"))
     assert_user_error(*kd("plugins", "--spec", path), path, ["must be a list of module names or .py files"], "plugins")
 
+
+
+def test_a_spec_that_is_a_fifo_is_refused_without_hanging(tmp_path):
+    """A named pipe would block the read forever: refused at once."""
+    import os
+
+    fifo = tmp_path / "spec.toml"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "kdcore", "validate", str(fifo)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and f"{fifo}: not a regular file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_overwrite_through_a_symlinked_store_is_refused_before_anything_is_deleted(tiny_spec, write_spec, tmp_path):
+    from kdcore.config.load import load_spec
+    from kdcore.stages.generate import generate
+
+    real = tmp_path / "elsewhere" / "noise"
+    generate(load_spec(write_spec({**tiny_spec, "store_dir": str(real.parent)}, "real.toml")), "noise")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "noise").symlink_to(real)
+    other = {**tiny_spec, "datasets": {"noise": {**tiny_spec["datasets"]["noise"], "seed": 7}}}
+    before = sorted(p.relative_to(real) for p in real.rglob("*"))
+    code, output = kd("generate", "--overwrite", write_spec(other, "other.toml"))
+    said = " ".join(output.split())
+    assert code == 1 and "Traceback" not in output
+    assert f"{tmp_path / 'store' / 'noise'} is a symbolic link (to {real})" in said and "nothing was changed" in said
+    assert sorted(p.relative_to(real) for p in real.rglob("*")) == before

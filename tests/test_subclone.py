@@ -263,6 +263,7 @@ def test_training_starts_from_the_subclone(subclone_spec):
             torch.testing.assert_close(trained[k], v, rtol=0, atol=1e-20, msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_killed_subclone_run_resumes_exactly(subclone_spec, monkeypatch):
     from test_train import _kill_when, final_weights, records, same
@@ -281,6 +282,7 @@ def test_a_killed_subclone_run_resumes_exactly(subclone_spec, monkeypatch):
     assert [r["loss"] for r in records(path)] == [r["loss"] for r in records(ref)]
 
 
+@pytest.mark.slow
 def test_the_untrained_baseline_is_the_subclone(tiny_spec, write_spec, tmp_path):
     tiny_spec["student"] = {"name": "llama", "init": "subclone", **FULL}  # all of the teacher: agrees everywhere
     tiny_spec["phases"][0].update(epochs=1, max_steps=1)

@@ -269,6 +269,7 @@ def test_kaiming_init_is_applied_deterministically(make_spec):
     assert std == pytest.approx(math.sqrt(2 / 64), rel=0.1)
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(make_spec):
     # sld-cosine draws from the global RNG every step: the seed must fix that too
     losses = [{"name": "kl"}, {"name": "sld-cosine", "weight": 0.3}]
@@ -334,6 +335,7 @@ def kd_on_metrics(stage, record):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_kill_and_resume_is_exact(make_spec, tmp_path):
     ref = make_spec(RESUME_PHASES, name="ref")
@@ -451,6 +453,7 @@ def kd_on_trained(student, run_dir, rank):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ddp_two_ranks_match_a_single_process(make_spec, tmp_path):
     """Rank r trains on rows r::2 of each global batch of 7 (unequal 4/3 splits, all positions with
@@ -549,6 +552,7 @@ def test_restart_checks_everything_before_deleting(make_spec, tmp_path, capsys, 
     assert code == 1 and "missing" in message and "no trained student" not in message
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_folder(make_spec, tmp_path, capsys, monkeypatch):
     """A second `kd train` (or `kd eval`) on a run another process is training is refused, naming the
     holder; the first finishes with each step recorded once."""

@@ -143,6 +143,8 @@ def read_toml(path: Path) -> dict:
     """The TOML file's tables; a missing, unreadable or malformed file is a problem naming it."""
     if not path.exists():
         raise KDError(Problem("no such spec file", file=str(path)))
+    if not path.is_file():  # a folder, or a FIFO that would block the read forever
+        raise KDError(Problem("not a regular file: a spec is a TOML file", file=str(path)))
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

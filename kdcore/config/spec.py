@@ -145,6 +145,17 @@ class Spec(Params):
         return self
 
     @model_validator(mode="after")
+    def _folders_are_folders(self):
+        """store_dir and runs_dir (or a folder above them) must not be files: found now, not after
+        generation wrote a store."""
+        for key in ("store_dir", "runs_dir"):
+            path = Path(getattr(self, key))
+            for folder in (path, *path.parents):
+                if folder.exists() and not folder.is_dir():
+                    raise ParamError(key, f"{folder} is a file, not a folder")
+        return self
+
+    @model_validator(mode="after")
     def _stores_apart_from_the_run(self):
         """A dataset's `--overwrite` deletes its store folder: it must not hold the run's files."""
         run = self.run_path.resolve()

@@ -30,8 +30,8 @@ class Origin:
     def __str__(self) -> str:
         return f"{self.kind} '{self.name}' (from {self.plugin})"
 
-    def problem(self, message: str) -> Problem:
-        return Problem(f"{self} {message}", self.key, self.file)
+    def problem(self, message: str, cause: BaseException | None = None) -> Problem:
+        return Problem(f"{self} {message}", self.key, self.file, cause)
 
 
 def code_folder(target: Any) -> str:
@@ -52,7 +52,7 @@ def plugin_code(origin: Origin, doing: str) -> Iterator[None]:
     except KDError:
         raise
     except Exception as e:
-        raise KDError(origin.problem(f"failed in {doing}: {type(e).__name__}: {e} ({failing_line(e, origin)})")) from e
+        raise KDError(origin.problem(f"failed in {doing}: {type(e).__name__}: {e} ({failing_line(e, origin)})", e)) from e
 
 
 def failing_line(e: BaseException, origin: Origin) -> str:

@@ -115,6 +115,10 @@ class Teacher(Protocol):
         `logits`, a (B, L + steps, V) float32 tensor if given, receives the next-token logits at every
         position of the result (one decode step more than the ids need)."""
 
+    @optional
+    def parameter_count(self) -> int:
+        """How many parameters it has, known without reading its weights (for the size checks)."""
+
 
 class Sampler(Protocol):
     """Turns (dataset seed, sample indices) into input sequences; each row depends only on

@@ -63,6 +63,7 @@ class Registry:
     warnings: list[str] = field(default_factory=list)
     unusable: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> why a spec cannot use it
     skipped: list[str] = field(default_factory=list)  # installed plugins that failed to load: why
+    packages: dict[str, dict] = field(default_factory=dict)  # installed plugin -> its package {name, version}
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def _register_fn(self, kind: str, source: str) -> Register:
@@ -105,6 +106,16 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
+
+    def package(self, component: Component) -> dict | None:
+        """The installed distribution {name, version} that provides `component`, or None (a module or
+        file a spec names)."""
+        if component.source in self.packages:
+            return self.packages[component.source]
+        target = component.resolve()
+        top = getattr(target, "__module__", "").split(".")[0]
+        names = importlib.metadata.packages_distributions().get(top, [])
+        return {"name": names[0], "version": importlib.metadata.version(names[0])} if names else None
 
 
 def kind_plural(kind: str) -> str:
@@ -161,6 +172,8 @@ def _load_installed(registry: Registry) -> None:
                                      f"(fix or uninstall it, or set {DISABLE}={ep.name})")
             continue
         registry.installed.add(ep.name)
+        if dist is not None:
+            registry.packages[ep.name] = {"name": dist.name, "version": dist.version}
         _unmarked_hooks(registry, plugin, ep.name)
 
 

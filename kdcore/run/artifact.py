@@ -16,7 +16,6 @@ Evaluation measures what `load_student` returns, so what is evaluated is what th
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
@@ -87,16 +86,7 @@ def save_reverted(student: torch.nn.Module, directory: Path, spec, builder) -> N
     component = spec.registry.get("student", spec.student.name)
     save_student(reverted, directory, student=spec.student.resolved(), vocab_size=builder.vocab_size,
                  max_seq_len=spec.student_seq_len, plugins=plugin_refs(spec), tokenizer=builder.teacher.tokenizer(),
-                 package=provider(component.resolve()))
-
-
-def provider(target) -> dict | None:
-    """The installed distribution (name, version) whose code defines `target`, or None (a file)."""
-    top = getattr(target, "__module__", "").split(".")[0]
-    names = importlib.metadata.packages_distributions().get(top, [])
-    if not names:
-        return None
-    return {"name": names[0], "version": importlib.metadata.version(names[0])}
+                 package=spec.registry.package(component))
 
 
 def save_student(reverted: torch.nn.Module, directory: Path, *, student: dict, vocab_size: int,

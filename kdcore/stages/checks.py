@@ -7,11 +7,13 @@ from __future__ import annotations
 import torch
 
 from kdcore.config.spec import Spec
+from kdcore.eval.windows import window_starts
 from kdcore.plugin.contracts import runs_teacher
 from kdcore.plugin.params import content_inputs
 from kdcore.problems import KDError, Problem
 from kdcore.store.layout import Layout
-from kdcore.texts import text_hash
+from kdcore.system.machine import gib, memory_bytes
+from kdcore.texts import read_text, text_hash
 
 # a store's byte offsets and numpy's indices are signed 64-bit
 MAX_STORE_BYTES = 2**63 - 1
@@ -108,3 +110,67 @@ def same_row(a, i: int, b, j: int) -> bool:
         return False
     x, y = (a.ids, b.ids) if a.ids is not None else (a.soft, b.soft)
     return x is not None and y is not None and torch.equal(x[i], y[j])
+
+
+# --- sizes: what cannot fit this machine, or would run for days, refused before any work ----------------
+
+MAX_BLOCKS = 1_000_000  # a store's blocks: each a file per array, a commit record and a flag
+MAX_TEACHER_TOKENS = 10**10  # positions through the teacher: days on any one machine
+
+
+def size_problems(spec: Spec, teacher) -> list[Problem]:
+    """What the spec asks that this machine cannot hold, or would take days: the teacher's weights,
+    a store's blocks, the teacher's work, a batch's tensors, an evaluation's decode."""
+    problems, memory = [], memory_bytes()
+    count = getattr(teacher, "parameter_count", None)
+    if callable(count) and count() * teacher.dtype.itemsize > memory:
+        problems.append(Problem(f"its {count():,} parameters need {gib(count() * teacher.dtype.itemsize)}, more "
+                                f"than this machine's {gib(memory)}", "teacher", spec.source))
+    for name, ds in spec.datasets.items():
+        problems += _dataset_size(spec, name, ds, teacher.vocab_size, memory)
+    for i, phase in enumerate(spec.phases):
+        ds = spec.datasets[phase.dataset]
+        per_row = (ds.max_seq_len if ds.positions == "all" else 1) * (teacher.vocab_size if ds.logits == "dense" else 3 * ds.topk)
+        batch = 4 * min(phase.batch_size, ds.samples) * (per_row + ds.max_seq_len * teacher.vocab_size)  # + float rows
+        if batch > memory // 2:
+            problems.append(Problem(f"a batch of {phase.batch_size} holds about {gib(batch)} of inputs and targets, "
+                                    f"more than half this machine's {gib(memory)}", f"phases[{i}].batch_size", spec.source))
+    limit = getattr(teacher, "max_positions", None) or 100_000
+    if spec.eval.max_new_tokens > limit:
+        problems.append(Problem(f"{spec.eval.max_new_tokens:,} tokens is past the teacher's {limit:,} positions",
+                                "eval.max_new_tokens", spec.source))
+    return problems
+
+
+def _dataset_size(spec: Spec, name: str, ds, vocab: int, memory: int) -> list[Problem]:
+    problems, key = [], f"datasets.{name}"
+    blocks = -(-ds.samples // min(ds.block_size, ds.samples))
+    if blocks > MAX_BLOCKS:
+        problems.append(Problem(f"{ds.samples:,} samples in blocks of {ds.block_size:,} make {blocks:,} blocks (files "
+                                f"each), more than {MAX_BLOCKS:,}: raise block_size", f"{key}.block_size", spec.source))
+    if ds.samples * ds.max_seq_len > MAX_TEACHER_TOKENS:
+        problems.append(Problem(f"{ds.samples:,} samples x {ds.max_seq_len} positions is {ds.samples * ds.max_seq_len:,} "
+                                f"teacher positions, more than {MAX_TEACHER_TOKENS:,} (days on any one machine)",
+                                f"{key}.samples", spec.source))
+    batch = 4 * min(ds.batch_size, ds.block_size, ds.samples) * ds.max_seq_len * vocab * 2  # float rows in, logits out
+    if batch > memory // 2:
+        problems.append(Problem(f"a teacher batch of {ds.batch_size} holds about {gib(batch)} of rows and logits, more "
+                                f"than half this machine's {gib(memory)}", f"{key}.batch_size", spec.source))
+    return problems
+
+
+def eval_problems(spec: Spec, teacher, student) -> list[Problem]:
+    """What evaluation would meet only after generation and training: texts too short for the
+    windows asked for, and positions the student cannot give."""
+    problems, ev = [], spec.eval
+    if ev.positions and ev.positions not in tuple(student.positions):
+        problems.append(Problem(f"'{ev.positions}', but student '{spec.student.name}' predicts only "
+                                f"{', '.join(student.positions)}", "eval.positions", spec.source))
+    tokenizer = teacher.tokenizer()
+    for key, ref in [("eval.text", ev.text)] + [(f"eval.extra_texts[{i}]", t) for i, t in enumerate(ev.extra_texts)]:
+        tokens = len(tokenizer.encode(read_text(ref, spec.base_dir, key)))
+        starts = window_starts(tokens, spec.student_seq_len)
+        if starts < ev.windows:
+            problems.append(Problem(f"{ref} has {tokens} tokens: {max(starts, 0)} windows of {spec.student_seq_len} "
+                                    f"tokens (and the next), fewer than eval.windows = {ev.windows}", key, spec.source))
+    return problems

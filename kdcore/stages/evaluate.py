@@ -31,6 +31,7 @@ from kdcore.stages import checks
 from kdcore.stages.builder import Builder
 from kdcore.stages.stage import PlanRow, Status
 from kdcore.stages.train import TrainStage
+from kdcore.system.files import disk_full
 from kdcore.texts import read_text, text_hash
 
 
@@ -44,12 +45,19 @@ class EvaluateStage:
         self.run_folder = RunFolder(spec)
         self.train = TrainStage(spec, builder)
 
-    def identity(self) -> dict:
+    def identity(self, store_teachers: dict | None = None) -> dict:
         texts = {ref: text_hash(ref, self.spec.base_dir, "eval.text") for ref in self.spec.eval.texts}
-        return {"train": self.train.identity_hash(), "eval": self.spec.eval.model_dump(mode="json"), "texts": texts}
+        return {"train": self.train.identity_hash(store_teachers), "eval": self.spec.eval.model_dump(mode="json"),
+                "texts": texts}
 
-    def identity_hash(self) -> str:
-        return spec_hash(self.identity())
+    def identity_hash(self, store_teachers: dict | None = None) -> str:
+        return spec_hash(self.identity(store_teachers))
+
+    def recorded(self, report: dict) -> bool:
+        """Whether a report kept elsewhere (a study's results, committed) is this spec's: its identity
+        with the teacher fingerprints its stores recorded, as the report says them."""
+        teachers = report.get("store_teachers")
+        return teachers is not None and report.get("identity_hash") == self.identity_hash(teachers)
 
     def status(self) -> Status:
         report = self.run_folder.report()
@@ -67,7 +75,7 @@ class EvaluateStage:
             reporter.done(f"{self.run_folder.report_json}: evaluation up to date (skipped)")
             report = self.run_folder.report()
         else:
-            with self.run_folder.lock():  # one writer per run folder: the report and metrics
+            with self.run_folder.lock(), disk_full(self.run_folder.eval_dir, "the report"):
                 report = self.evaluate()
             reporter.note(f"report: {self.run_folder.report_md}")
         reporter.show(summary(report))
@@ -90,6 +98,7 @@ class EvaluateStage:
             "texts": texts, "untrained_init": untrained_init,
             "samples": continuations(spec, teacher, student, seq_len),
             "seconds": round(time.perf_counter() - start, 2), "identity_hash": self.identity_hash(),
+            "store_teachers": self.train.store_teachers(),  # so a copy of the report can be recognised later
         }
         draw_figures(report, self.run_folder.eval_dir, self.run_folder.training_plot)
         self.run_folder.write_report(report, markdown(report))

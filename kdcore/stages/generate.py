@@ -25,10 +25,12 @@ from kdcore.stages import checks
 from kdcore.stages.builder import Builder
 from kdcore.stages.stage import PlanRow, Status
 from kdcore.store import lifecycle
+from kdcore.store.integrity import damage, damaged_blocks
 from kdcore.store.layout import Layout, human_bytes
 from kdcore.store.records import input_checksum
 from kdcore.store.store import Store
 from kdcore.system import dist
+from kdcore.system.files import disk_full
 from kdcore.system.locks import hold
 from kdcore.system.threads import background
 from kdcore.texts import text_hash
@@ -71,7 +73,12 @@ class GenerateStage:
         changed = lifecycle.differences(store, self.identity(), self.identity_hash())
         if changed:
             return Status("stale", f"made by another spec ({'; '.join(changed)}): refused (--overwrite replaces it)")
-        return Status("done") if store.complete else Status("resume")
+        if not store.complete:
+            return Status("resume")
+        damaged = damaged_blocks(damage(store))  # a stat per chunk file
+        if damaged:
+            return Status("resume", f"damaged blocks {', '.join(map(str, damaged))}")
+        return Status("resume", "leftovers of killed writes to remove") if store.leftovers() else Status("done")
 
     # --- what it would do ---
     def layout(self, vocab_size: int, produces: str) -> Layout:
@@ -118,16 +125,32 @@ class GenerateStage:
         dist.init()
         teacher, sampler = self.builder.teacher, self.checked_sampler()
         layout = self.layout(teacher.vocab_size, sampler.produces)
+        if not (overwrite or repair) and self.status().done:  # nothing to write: read it under a shared lock
+            return self._check_complete(self.attrs(teacher, sampler))
         with ExitStack() as held:
             store = self._open(self.attrs(teacher, sampler), layout, overwrite, repair, held)
             if not store.complete:
                 blocks = owned_blocks(store, layout, getattr(sampler, "group", None))
-                self._write(store, layout, self.batches(layout, blocks), teacher, sampler, log)
+                needed = lambda: human_bytes(lifecycle.missing(self.path, layout)[1])  # noqa: E731
+                with disk_full(self.path, "the store", needed):
+                    self._write(store, layout, self.batches(layout, blocks), teacher, sampler, log)
                 dist.barrier()
                 if dist.is_main() and Store.open(store.path).committed().all():
                     Store.open(store.path, mode="r+").mark_complete()
                 dist.barrier()
             return Store.open(store.path, mode="r")
+
+    def _check_complete(self, attrs: dict) -> Store:
+        """A complete store of this identity, checked against the teacher that would make it now (its
+        weights, and its device where samples depend on it); shared with readers such as training."""
+        with hold(self.path, f"store {self.path}", shared=True):
+            store = Store.open(self.path)
+            changed = lifecycle.differences(store, attrs["identity"], attrs["identity_hash"], attrs)
+            if changed:
+                raise KDError(f"{self.path} holds a different dataset than {self.spec.source} datasets.{self.dataset} "
+                              "would generate:\n  " + "\n  ".join(changed) + "\nNothing was changed. Name a new "
+                              f"dataset, or pass --overwrite to regenerate {self.path}.")
+            return store
 
     def _open(self, attrs: dict, layout: Layout, overwrite: bool, repair: bool, held: ExitStack) -> Store:
         """The store to write, checked (rank 0, holding the store's lock in `held`), on every rank."""

@@ -10,12 +10,12 @@ from kdcore.problems import KDError
 from kdcore.report.console import reporter
 from kdcore.run.folder import RunFolder
 from kdcore.run.metrics_log import MetricsLog
-from kdcore.stages import checks
 from kdcore.stages.builder import Builder
 from kdcore.stages.evaluate import EvaluateStage
 from kdcore.stages.generate import GenerateStage
 from kdcore.stages.stage import PlanRow
 from kdcore.stages.train import TrainStage
+from kdcore.stages.validate import validate
 from kdcore.store.lifecycle import space_problem
 from kdcore.system import dist
 
@@ -64,7 +64,7 @@ class Runner:
 
     def run(self, overwrite: bool = False) -> dict | None:
         """Every stage, each skipped when complete and current."""
-        checks.raise_any(checks.eval_text_problems(self.spec))  # before hours of generation
+        validate(self.spec)  # everything `kd validate` checks (plugins tried too), before the first teacher forward
         self.generate(overwrite=overwrite)
         self.train()
         dist.barrier()

@@ -17,6 +17,7 @@ the gradients); only rank 0 writes files.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from functools import cached_property
 
 import torch
@@ -34,9 +35,12 @@ from kdcore.stages.generate import GenerateStage
 from kdcore.stages.phase import PhaseLoop
 from kdcore.stages.stage import PlanRow, Status
 from kdcore.stages.train_state import TrainState, count_parameters, training_device
+from kdcore.store import lifecycle
 from kdcore.store.integrity import require_intact
 from kdcore.store.store import Store
 from kdcore.system import dist
+from kdcore.system.files import disk_full
+from kdcore.system.locks import hold
 
 # phase settings that change how training runs, not what it computes: free to change on resume
 RUN_ONLY = ("workers", "checkpoint_every")
@@ -52,18 +56,19 @@ class TrainStage:
         self.run_folder = RunFolder(spec)
 
     # --- identity and status ---
-    def identity(self) -> dict:
+    def identity(self, store_teachers: dict | None = None) -> dict:
         """The spec's student, phases (less what only changes how they run) and datasets, and the
-        teacher fingerprint each dataset's store records (None where there is no readable store)."""
+        teacher fingerprint each dataset's store records (None where there is no readable store;
+        `store_teachers`: as recorded elsewhere, for a result whose stores are gone)."""
         data = self.spec.resolved()
         used = self.spec.datasets_in_use
         return {"student": data["student"],
                 "phases": [{k: v for k, v in p.items() if k not in RUN_ONLY} for p in data["phases"]],
                 "datasets": {k: GenerateStage(self.spec, k, self.builder).identity() for k in used},
-                "store_teachers": self.store_teachers()}
+                "store_teachers": self.store_teachers() if store_teachers is None else store_teachers}
 
-    def identity_hash(self) -> str:
-        return spec_hash(self.identity())
+    def identity_hash(self, store_teachers: dict | None = None) -> str:
+        return spec_hash(self.identity(store_teachers))
 
     def store_teachers(self) -> dict[str, str | None]:
         """The teacher fingerprint each used dataset's store records (None: no readable store yet)."""
@@ -104,22 +109,35 @@ class TrainStage:
         out = {}
         for name in self.spec.datasets_in_use:
             stage = GenerateStage(self.spec, name, self.builder)
-            status = stage.status()
-            if not status.done:
-                raise KDError(f"{stage.path}: {status}; run `kd generate {self.spec.source}` first")
-            store = Store.open(stage.path)
+            try:
+                store = Store.open(stage.path)
+            except KDError as e:
+                raise KDError(*e.problems, f"(run `kd generate {self.spec.source}` first)") from None
+            changed = lifecycle.differences(store, stage.identity(), stage.identity_hash())
+            if changed:
+                raise KDError(f"{store.path} was generated from a different datasets.{name} or teacher than "
+                              f"{self.spec.source} has now ({'; '.join(changed)}); run `kd generate --overwrite "
+                              f"{self.spec.source}`")
+            if not store.complete:
+                raise KDError(f"{store.path} is incomplete; run `kd generate {self.spec.source}` first")
             require_intact(store)  # a stat per chunk file; every read is checked against its checksum too
             out[name] = store
         return out
 
     def run(self, restart: bool = False) -> torch.nn.Module:
-        """Train (or resume), unless a student of this identity is there; returns the float student."""
+        """Train (or resume), unless a student of this identity is there; returns the float student.
+        Every rank holds a shared lock on each store it reads: none is replaced or repaired under it."""
         trainer = Trainer(self)
-        with self.run_folder.lock():
+        with self.run_folder.lock(), ExitStack() as reading:
+            for name in self.spec.datasets_in_use:
+                path = self.spec.store_path(name)
+                if path.exists():
+                    reading.enter_context(hold(path, f"store {path}", shared=True))
             if not restart and self.status().done:
                 reporter.done(f"{self.run_folder.path}: student already trained (skipped)")
                 return trainer.load_trained()
-            student = trainer.train(restart)
+            with disk_full(self.run_folder.path, "checkpoints and the student"):
+                student = trainer.train(restart)
         reporter.done(f"trained student saved in {self.run_folder.student_dir}, reverted in {self.run_folder.reverted}")
         return student
 

@@ -105,8 +105,12 @@ def loss_problems(builder: Builder, index: int, student) -> list[Problem]:
                                                          topk=min(ds.topk, V), positions=ds.positions))
             except KDError:
                 continue  # it refuses these targets when built: it says so before any training
-            with plugin_code(origin, f"its call on {kind} targets"):
-                value = fn(logits, targets, mask)
+            try:
+                with plugin_code(origin, f"its call on {kind} targets"):
+                    value = fn(logits, targets, mask)
+            except KDError as e:
+                problems += e.problems
+                continue
             if not isinstance(value, torch.Tensor) or value.dim() != 0 or not torch.isfinite(value):
                 problems.append(origin.problem(f"broke its contract: on {kind} targets it must give a finite scalar, "
                                                f"got {value if not isinstance(value, torch.Tensor) else tuple(value.shape)}"))

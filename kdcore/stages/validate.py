@@ -24,9 +24,13 @@ def validate(spec: Spec, purity: bool = False) -> dict:
         except KDError as e:
             problems.extend(e.problems)
 
+    problems.extend(attempt(lambda: checks.size_problems(spec, builder.teacher)) or [])
+    checks.raise_any(problems)  # nothing built that cannot fit
     student = attempt(builder.student)
     samplers = {name: attempt(lambda: _sampler(builder, name)) for name in spec.datasets}
     problems.extend(attempt(lambda: checks.eval_text_problems(spec)) or [])
+    if student is not None:
+        problems.extend(attempt(lambda: checks.eval_problems(spec, builder.teacher, student)) or [])
     for i in range(len(spec.phases)):
         attempt(lambda: builder.losses(i))
         if student is not None:

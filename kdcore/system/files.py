@@ -7,8 +7,14 @@ and a rename.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
+
+from kdcore.problems import KDError
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -47,3 +53,20 @@ def usual_permissions(folder: Path) -> None:
     os.umask(mask)
     for path in [Path(folder), *Path(folder).rglob("*")]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+@contextmanager
+def disk_full(where: Path, what: str, needed: Callable[[], str] = lambda: "") -> Iterator[None]:
+    """A full disk while writing `where` is one problem naming it, the free space left and (`needed`)
+    what the work still needs, not a traceback: what was committed stays, and the work resumes."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        at = next((p for p in (Path(where), *Path(where).parents) if p.exists()), Path("."))
+        free = shutil.disk_usage(at).free
+        need = needed()
+        raise KDError(f"{where}: the disk is full ({free / 2**20:.1f} MiB free) while writing {what}"
+                      + (f"; it still needs about {need}" if need else "")
+                      + ". Free space and run the same command again: it resumes where it stopped") from None

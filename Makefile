@@ -87,10 +87,12 @@ bench: install
 	$(BIN)/python bench/generation.py --sampler mix --positions all --topk 64
 	$(BIN)/python bench/training.py
 
+# the recipe study (hours: it resumes, and each finished run's report is kept in docs/results/study/reports,
+# so a later session compares what earlier ones ran without their run folders)
 study: corpus
-	$(BIN)/kd study experiments/study experiments/study_4x experiments/study_16x
-	$(BIN)/kd study experiments/study_subclone --out runs/study_subclone
-	$(BIN)/kd study experiments/study_draws --out runs/study_draws
+	$(BIN)/kd study experiments/study experiments/study_4x experiments/study_16x --out docs/results/study
+	$(BIN)/kd study experiments/study_subclone --out docs/results/study_subclone
+	$(BIN)/kd study experiments/study_draws --out docs/results/study_draws
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock store runs

@@ -189,8 +189,8 @@ class GenerateStage:
                 parts.append(self._targets(indices, inputs, layout, teacher))
                 del inputs  # a view of a sampler's cached group: let the next group reuse its memory
                 done, tokens = done + len(indices), tokens + int(parts[-1]["length"].sum())
-                rate = done / (time.perf_counter() - start)
-                pbar.update(task, completed=done, rate=f"{rate:.1f} samples/s {rate * tokens / done:.0f} tok/s")
+                elapsed = time.perf_counter() - start
+                pbar.update(task, completed=done, rate=f"{done / elapsed:.1f} samples/s {tokens / elapsed:.0f} tok/s")
                 if i + 1 == len(batches) or batches[i + 1][0] != b:  # block b is whole: write it
                     if pending is not None:
                         pending.result()  # one block in flight: bounded memory, errors surface

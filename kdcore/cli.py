@@ -45,8 +45,11 @@ def main() -> None:
     from kdcore.system.tuning import tune_process
 
     tune_process()  # the long-running commands' allocator settings (kdcore/system/tuning.py)
+    args = sys.argv[1:]
+    if "--traceback" in args[1:]:  # `kd validate --traceback SPEC` means what `kd --traceback validate SPEC` does
+        args = ["--traceback", *(a for a in args if a != "--traceback")]
     try:
-        app()
+        app(args)
     except SystemExit as e:
         if e.code == 2:  # a usage mistake (missing argument, unknown option) is a user mistake: exit 1
             raise SystemExit(1) from None
@@ -106,6 +109,8 @@ def validate(spec: Path = SpecArg, json_out: bool = typer.Option(False, "--json"
                        f"student '{s.student.name}' has {info['student_parameters']:,} parameters"
                        + (", samplers pure" if check else ""), soft_wrap=True)  # a long path stays whole
     reporter.out.print(f"initial weights: {escape(info['student_init'])}", highlight=False)
+    if info["tried"]:
+        reporter.out.print(f"tried on tiny inputs: {escape(', '.join(info['tried']))}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -88,9 +88,9 @@ def test_plugins_json_describes_every_field(wide):
     assert {(c["kind"], c["name"]) for c in listing} == {(k, n) for k in KINDS for n in registry.names(k)}
     zipf = next(c for c in listing if c["name"] == "zipf-ids")
     exponent = next(p for p in zipf["parameters"] if p["name"] == "exponent")
-    assert exponent == {"name": "exponent", "type": "float", "required": False, "default": 1.0,
+    assert exponent == {"name": "exponent", "type": "float", "required": False, "default": 1.0, "limits": "> 0",
                         "description": "Zipf's exponent (1: Zipf's law for words)"}
-    assert zipf["from"] == "kd_plugins" and zipf["description"].startswith("Token ids drawn independently")
+    assert zipf["from"] == "kd_plugins" and zipf["package"] is None and zipf["unusable"] is None and zipf["description"].startswith("Token ids drawn independently")
 
 
 def test_plugins_of_one_kind(wide):

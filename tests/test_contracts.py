@@ -154,7 +154,7 @@ def test_validate_reports_an_impure_plugin_sampler(tiny_spec, write_spec, tmp_pa
         code, out = kd(*command)
         message = " ".join(out.split())
         assert code == 1 and "Traceback" not in out
-        assert "datasets.noise.sampler: sampler 'impure' is not a pure function of (seed, index): sample 0 differs when drawn again" in message
+        assert "datasets.noise.sampler: sampler 'impure' (from impure_plugin.py) is not a pure function of (seed, index): sample 0 differs when drawn again" in message
     tiny_spec["datasets"]["noise"]["sampler"] = {"name": "random-ids"}
     code, out = kd("validate", "--check", write_spec(tiny_spec))
     assert code == 0 and "samplers pure" in " ".join(out.split())

@@ -501,7 +501,7 @@ def test_a_params_model_that_breaks_the_contract_is_refused(params, problem):
         load_registry(extra_plugins=[_registering(params=params)])
     message = str(info.value)
     assert message.startswith("Registers: sampler 'const-ids': ") and problem in message, message
-    assert "kdcore.plugin.params.Params" in message  # what to do about it
+    assert "kdcore.api.Params" in message  # what to do about it
 
 
 def test_a_params_model_that_keeps_the_contract_may_relax_the_rest(tiny_spec):

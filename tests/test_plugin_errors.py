@@ -6,6 +6,7 @@ reverted folders that name the package and carry the tokenizer."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -114,6 +115,43 @@ def test_a_student_of_the_wrong_shape_is_named_with_its_line(plugin_spec, comman
     assert not (path.parent / "store" / "noise").exists()  # found before any teacher work
 
 
+
+def test_every_position_kind_a_student_declares_is_tried(plugin_spec):
+    """Evaluation decodes with 'last' whatever the datasets use: a student that ignores `positions`
+    is refused by validate, not after training."""
+    path = plugin_spec(student_source(shape="out"), lambda d: d.update(student={"name": "flat"}))
+    code, output = kd("validate", path)
+    assert code == 1
+    assert "student 'flat' (from kd_author_0) broke its contract: forward (positions 'last') must give logits " \
+           "(2, 64), got (2, 6, 64)" in one_line(output)
+
+
+def test_a_student_that_fails_only_in_training_mode_is_found_by_validate(plugin_spec):
+    shape = "self.dropout(out) if self.training else (out if positions == 'all' else out[:, -1])"
+    source = student_source(shape=shape)
+    path = plugin_spec(source, lambda d: d.update(student={"name": "flat"}))
+    code, output = kd("validate", path)
+    line = next(i for i, text in enumerate(source.splitlines(), 1) if "self.dropout(out)" in text)
+    assert code == 1
+    said = one_line(output)
+    assert "student 'flat' (from kd_author_0) failed in forward() in training mode: AttributeError: 'Flat' object " \
+           "has no attribute 'dropout' (" in said and f"kd_author_0.py:{line})" in said
+
+
+def test_a_student_failing_in_evaluation_is_named_with_its_line(plugin_spec):
+    """Only the reverted student reads real text; one that breaks on batches larger than the trial's
+    is one attributed line after training, not a traceback."""
+    source = student_source().replace("out = self.head(self.embedding(ids))",
+                                      "out = self.head(self.embedding(ids * 1000 if len(ids) > 2 else ids))")
+    path = plugin_spec(source, lambda d: d.update(student={"name": "flat"}))
+    code, output = kd("run", path)
+    line = next(i for i, text in enumerate(source.splitlines(), 1) if "ids * 1000" in text)
+    said = one_line(output)
+    assert code == 1
+    assert "student 'flat' (from kd_author_0) failed in evaluation on real text: IndexError" in said
+    assert f"kd_author_0.py:{line})" in said
+
+
 def test_a_revert_that_drops_the_bias_is_noticed(plugin_spec):
     """The shipped student must be the one trained: the reverted model against the float one on one-hot ids."""
     path = plugin_spec(student_source(bias="0"), lambda d: d.update(student={"name": "flat"}))
@@ -153,7 +191,8 @@ def test_a_loss_that_is_no_scalar_with_a_gradient_is_refused(plugin_spec, value,
     ("Inputs(lengths=torch.full((len(indices),), self.S), ids=torch.zeros(len(indices), 2, dtype=torch.long))",
      "broke its contract: ids must be (4, 6) int64, got (4, 2) int64"),
     ("Inputs(lengths=torch.full((len(indices),), self.S), ids=torch.randint(0, 60, (len(indices), self.S)))",
-     "is not a pure function of (seed, index): sample 0 differs when drawn again"),
+     "(from kd_author_0) is not a pure function of (seed, index): sample 0 differs when drawn again; draw every "
+     "random number from the sample's own generator"),
 ])
 def test_a_sampler_that_breaks_its_contract_fails_validate_and_run(plugin_spec, sample, said):
     source = HEADER + textwrap.dedent(f'''
@@ -188,6 +227,39 @@ def test_a_plugin_module_whose_hooks_lack_hookimpl_is_warned_about(plugin_spec):
     assert code == 0, output
     assert "warning: plugin 'kd_author_0' defines kd_register_samplers without @hookimpl" in one_line(output)
 
+
+
+def test_one_hook_without_hookimpl_among_marked_ones_is_named_where_its_component_is_missing(plugin_spec):
+    """The copy-paste slip: the student's hook is marked, the loss's is not; the spec naming the loss
+    is told why it is unknown."""
+    source = student_source() + LOSS.replace("VALUE", "(student - teacher.logits).pow(2).mean()").replace(
+        "@hookimpl\ndef kd_register_losses", "def kd_register_losses")
+    path = plugin_spec(source, lambda d: (d.update(student={"name": "flat"}),
+                                          d["phases"][0].update(losses=[{"name": "broken"}])))
+    code, output = kd("validate", path)
+    said = one_line(output)
+    assert code == 1 and "unknown loss 'broken'" in said
+    assert "plugin 'kd_author_0' defines kd_register_losses without @hookimpl (kdcore.api.hookimpl): never called" in said
+
+
+def test_a_plugin_import_error_points_into_the_plugin_with_the_closest_api_name(plugin_spec):
+    path = plugin_spec("import torch\nfrom kdcore.api import Hookimpl\n", lambda d: None)
+    code, output = kd("validate", path)
+    said = one_line(output)
+    assert code == 1 and "cannot import name 'Hookimpl' from 'kdcore.api'" in said
+    assert "did you mean 'hookimpl'?" in said and "kd_author_0.py:2)" in said
+
+
+def test_traceback_may_follow_the_command(plugin_spec):
+    path = plugin_spec(student_source(shape="out * self.params.biass"), lambda d: d.update(student={"name": "flat"}))
+    code, output = kd("validate", "--traceback", path)
+    assert code == 1 and "Traceback (most recent call last)" in output and "biass" in output
+
+
+def test_validate_names_the_components_it_tried(plugin_spec):
+    path = plugin_spec(student_source(), lambda d: d.update(student={"name": "flat"}))
+    code, output = kd("validate", path)
+    assert code == 0 and "tried on tiny inputs: student 'flat' (from kd_author_0)" in one_line(output)
 
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
@@ -227,10 +299,54 @@ def test_an_installed_plugin_that_clashes_is_skipped_unless_its_name_is_used(ins
     tiny_spec["datasets"]["noise"]["sampler"] = {"name": "random-ids"}
     code, output = kd("validate", write_spec(tiny_spec))
     said = one_line(output)
-    assert code == 1 and "sampler 'random-ids' is registered twice: by kd_plugins and by clash" in said
+    clash = "sampler 'random-ids' is registered twice: by kd_plugins and by clash (kd-pkg-clash 1.2)"
+    assert code == 1 and f"{clash}: pip uninstall kd-pkg-clash, or set KD_DISABLE_PLUGINS=clash" in said
     tiny_spec["datasets"]["noise"]["sampler"] = {"name": "uniform"}
     code, output = kd("validate", write_spec(tiny_spec, "other.toml"))
-    assert code == 0 and "clash's is skipped" in one_line(output)
+    assert code == 0 and f"warning: {clash}; a spec cannot use either until one is gone" in one_line(output)
+    code, output = kd("plugins", "--json")  # the command that shows the clash works through it
+    listing = json.JSONDecoder().raw_decode(output)[0]  # the warning follows, on stderr
+    row = next(c for c in listing if c["kind"] == "sampler" and c["name"] == "random-ids")
+    assert code == 0 and row["unusable"].startswith(clash)
+
+
+def test_kd_plugins_names_packages_choices_and_limits(installed):
+    installed("kd_pkg_gauss", HEADER + textwrap.dedent('''
+        from typing import Literal
+
+        class P(Params):
+            """Gaussian rows."""
+            sigma: float = Field(1.0, gt=0, le=10, description="spread")
+            dtype: Literal["float32", "bfloat16"] = "float32"
+
+        @hookimpl
+        def kd_register_samplers(register):
+            register("gauss", "kd_pkg_gauss:P", P)
+    '''), "gauss")
+    code, output = kd("plugins", "--kind", "sampler", "--json")
+    row = next(c for c in json.loads(output) if c["name"] == "gauss")
+    assert code == 0 and row["from"] == "gauss" and row["package"] == {"name": "kd-pkg-gauss", "version": "1.2"}
+    params = {p["name"]: p for p in row["parameters"]}
+    assert params["sigma"]["limits"] == "> 0, <= 10" and params["dtype"]["type"] == "'float32' | 'bfloat16'"
+    from rich.console import Console
+
+    from kdcore.report.plugins_view import plugin_tables
+
+    console = Console(width=400, record=True, file=io.StringIO())
+    for table in plugin_tables([row]):
+        console.print(table)
+    assert "gauss (kd-pkg-gauss 1.2)" in console.export_text()
+
+
+def test_names_in_kd_disable_plugins_are_checked_and_said_when_a_component_is_missing(installed, tiny_spec,
+                                                                                       write_spec, monkeypatch):
+    installed("kd_pkg_flat", student_source(), "flat")
+    monkeypatch.setenv("KD_DISABLE_PLUGINS", "flat,flta")
+    tiny_spec["student"] = {"name": "flat"}
+    code, output = kd("validate", write_spec(tiny_spec))
+    said = one_line(output)
+    assert code == 1 and "KD_DISABLE_PLUGINS leaves out 'flat' (kd-pkg-flat 1.2)" in said
+    assert "KD_DISABLE_PLUGINS names 'flta', which is no installed plugin or package — did you mean 'flat'?" in said
 
 
 @pytest.mark.slow
@@ -248,7 +364,9 @@ def test_a_reverted_plugin_student_names_its_package_and_carries_the_tokenizer(i
     assert meta["student"] == "flat" and meta["package"] == {"name": "kd-pkg-flat", "version": "1.2"}
     mask = os.umask(0)
     os.umask(mask)
-    for f in folder.iterdir():
+    written = [f for root in (tmp_path / "runs", tmp_path / "store") for f in root.rglob("*") if f.is_file()]
+    assert folder / "model.safetensors" in written and tmp_path / "runs/tiny/student/float_student.safetensors" in written
+    for f in written:  # safetensors writes 0600: every file of the run is as readable as the umask allows
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
     import subprocess
 

@@ -141,14 +141,14 @@ def contract_problem(model: object) -> str | None:
     component references (`SamplerRef`), whose keys their own component's model validates.
     """
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        return f"params must be a pydantic model class (a subclass of kdcore.plugin.params.Params), got {model!r}"
+        return f"params must be a pydantic model class (a subclass of kdcore.api.Params), got {model!r}"
     for m in _models_within(model):
         extra = m.model_config.get("extra") or "ignore"
         if extra != "forbid":
             return (f"{m.__name__} lets unknown keys through (extra={extra!r}), so a misspelled key "
-                    "would be ignored: subclass kdcore.plugin.params.Params")
+                    "would be ignored: subclass kdcore.api.Params")
         if m.model_config.get("allow_inf_nan", True):
-            return f"{m.__name__} accepts inf and nan as floats: subclass kdcore.plugin.params.Params"
+            return f"{m.__name__} accepts inf and nan as floats: subclass kdcore.api.Params"
     return None
 
 

@@ -21,6 +21,7 @@ import inspect
 import os
 import sys
 import traceback
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -63,6 +64,8 @@ class Registry:
     warnings: list[str] = field(default_factory=list)
     unusable: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> why a spec cannot use it
     skipped: list[str] = field(default_factory=list)  # installed plugins that failed to load: why
+    hints: list[str] = field(default_factory=list)  # what may keep a component out: hooks never called...
+    disabled: list[str] = field(default_factory=list)  # installed plugins KD_DISABLE_PLUGINS left out
     packages: dict[str, dict] = field(default_factory=dict)  # installed plugin -> its package {name, version}
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
@@ -72,11 +75,7 @@ class Registry:
             if not isinstance(name, str) or not name:
                 raise KDError(f"{source}: a {kind} needs a non-empty string name, got {name!r}")
             if name in table:
-                clash = f"{kind} '{name}' is registered twice: by {table[name].source} and by {source}"
-                if source not in self.installed:
-                    raise KDError(clash)
-                self.warnings.append(f"{clash}; {source}'s is skipped (uninstall one, or {DISABLE}={source})")
-                self.unusable[(kind, name)] = clash
+                self._clash(kind, name, table[name].source, source)
                 return
             if not (callable(target) or isinstance(target, str) and ":" in target):
                 raise KDError(f"{source}: {kind} '{name}': the target must be a class, a factory "
@@ -88,6 +87,20 @@ class Registry:
 
         return register
 
+    def _clash(self, kind: str, name: str, first: str, second: str) -> None:
+        """Two plugins register one name: neither is used, since which one a spec meant is unknown.
+        A spec's own module clashing with an installed plugin is the spec's problem."""
+        clash = f"{kind} '{name}' is registered twice: by {self.label(first)} and by {self.label(second)}"
+        installed = [s for s in (second, first) if s in self.installed]
+        if second not in self.installed:  # the spec's module, or a plugin passed in: the last to register
+            other = f", or leave the installed one out with {DISABLE}={first}" if first in self.installed else ""
+            raise KDError(f"{clash}: rename yours{other}")
+        fixes = " or ".join(f"pip uninstall {self.packages[s]['name']}" for s in installed if s in self.packages)
+        how = f"{fixes}, or set " if fixes else "set "
+        how += " or ".join(f"{DISABLE}={s}" for s in installed)
+        self.warnings.append(f"{clash}; a spec cannot use either until one is gone ({how})")
+        self.unusable[(kind, name)] = f"{clash}: {how}"
+
     def collect(self) -> None:
         for kind in KINDS:
             caller = getattr(self.pm.hook, f"kd_register_{kind_plural(kind)}")
@@ -96,13 +109,27 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Component:
         if (kind, name) in self.unusable:
-            raise KDError(f"{self.unusable[(kind, name)]}: uninstall one of them, or set {DISABLE}")
+            raise KDError(self.unusable[(kind, name)])
         table = self.components[kind]
         if name not in table:
-            broken = f" (installed plugins that failed to load, which may provide it: {'; '.join(self.skipped)})" \
-                if self.skipped else ""
-            raise KDError(f"unknown {kind} '{name}'{did_you_mean(name, list(table))}{broken}")
+            raise KDError(f"unknown {kind} '{name}'{did_you_mean(name, list(table))}{self._why_missing()}")
         return table[name]
+
+    def _why_missing(self) -> str:
+        """What may have kept an unknown component out: plugins skipped, hooks never called, plugins
+        left out on purpose."""
+        why = []
+        if self.skipped:
+            why.append(f"installed plugins that failed to load, which may provide it: {'; '.join(self.skipped)}")
+        why += self.hints
+        if self.disabled:
+            why.append(f"{DISABLE} leaves out {', '.join(self.disabled)}")
+        return f" ({'; '.join(why)})" if why else ""
+
+    def label(self, source: str) -> str:
+        """A plugin's name with the package that installed it: what `pip uninstall` needs."""
+        package = self.packages.get(source)
+        return f"{source} ({package['name']} {package['version']})" if package else source
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
@@ -154,10 +181,19 @@ def load_registry(extra_modules: Sequence[str] = (), base_dir: Path | None = Non
 def _load_installed(registry: Registry) -> None:
     """The `kd` entry points of installed packages, each on its own: one that fails is skipped."""
     disabled = {n.strip() for n in os.environ.get(DISABLE, "").split(",") if n.strip()}
-    for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+    points = list(importlib.metadata.entry_points(group=hookspecs.PROJECT))
+    known = {ep.name for ep in points} | {ep.dist.name for ep in points if getattr(ep, "dist", None) is not None}
+    for name in sorted(disabled - known):
+        note = f"{DISABLE} names '{name}', which is no installed plugin or package{did_you_mean(name, sorted(known))}"
+        registry.warnings.append(note)
+        registry.hints.append(note)
+    for ep in points:
         dist = getattr(ep, "dist", None)
         package = f"{dist.name} {dist.version}" if dist is not None else "an installed package"
-        if ep.name in disabled or (dist is not None and dist.name in disabled) or registry.pm.has_plugin(ep.name):
+        if ep.name in disabled or (dist is not None and dist.name in disabled):
+            registry.disabled.append(f"'{ep.name}' ({package})")
+            continue
+        if registry.pm.has_plugin(ep.name):
             continue
         try:
             plugin = ep.load()
@@ -178,13 +214,17 @@ def _load_installed(registry: Registry) -> None:
 
 
 def _unmarked_hooks(registry: Registry, plugin, name: str) -> None:
-    """A plugin whose kd_* functions lack @hookimpl registers nothing: say so instead of nothing."""
-    if not inspect.ismodule(plugin) or registry.pm.get_hookcallers(plugin):
+    """A kd_* function without @hookimpl is never called, and what it registers is missing: say so
+    (a warning, and in the problem of a spec that names a missing component)."""
+    if not inspect.ismodule(plugin):
         return
-    bare = [n for n, f in vars(plugin).items() if n.startswith("kd_") and callable(f)]
+    marker = f"{hookspecs.PROJECT}_impl"  # the attribute pluggy's HookimplMarker sets
+    bare = [n for n, f in vars(plugin).items() if n.startswith("kd_") and inspect.isfunction(f)
+            and f.__module__ == plugin.__name__ and not hasattr(f, marker)]
     if bare:
-        registry.warnings.append(f"plugin '{name}' defines {', '.join(bare)} without @hookimpl (kdcore.api.hookimpl): "
-                                 "it registers nothing")
+        note = f"plugin '{name}' defines {', '.join(bare)} without @hookimpl (kdcore.api.hookimpl): never called"
+        registry.warnings.append(note)
+        registry.hints.append(note)
 
 
 def import_plugin_module(path: str, base_dir: Path | None = None):
@@ -217,12 +257,36 @@ def import_plugin_module(path: str, base_dir: Path | None = None):
 
 
 def _import_problem(e: Exception) -> str:
+    """What failed in a plugin's import, at the line of the plugin's own code (not importlib's)."""
     if isinstance(e, SyntaxError):
-        return f"{e.msg} ({Path(e.filename or '?').name}, line {e.lineno})"
+        return f"{e.msg} ({_shown(e.filename or '?')}:{e.lineno})"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename
+              and not f.filename.startswith("<") and Path(f.filename).resolve() != Path(__file__).resolve()]
+    where = f" ({_shown(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
     if isinstance(e, ImportError):
-        return str(e)
-    frame = traceback.extract_tb(e.__traceback__)[-1]
-    return f"{type(e).__name__}: {e} ({Path(frame.filename).name}, line {frame.lineno})"
+        return f"{e}{_api_hint(e)}{where}"
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _api_hint(e: ImportError) -> str:
+    """A name misspelled in `from kdcore.api import ...`: the closest that exists."""
+    name = getattr(e, "name_from", None) or (str(e).split("'")[1] if str(e).startswith("cannot import name '") else "")
+    if not name or not (e.name or "").startswith("kdcore"):
+        return ""
+    try:
+        module = importlib.import_module(e.name)
+    except ImportError:
+        return ""
+    return did_you_mean(name, [n for n in dir(module) if not n.startswith("_")])
+
+
+def _shown(filename: str) -> str:
+    """A file as the user can open it: relative to the working directory when under it."""
+    path = Path(filename)
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _hook_problem(pm: pluggy.PluginManager, e: pluggy.PluginValidationError) -> str:
@@ -245,18 +309,28 @@ def describe(registry: Registry, kind: str | None = None) -> list[dict]:
     out = []
     for k in KINDS:
         for name in registry.names(k) if kind in (None, k) else []:
-            comp = registry.get(k, name)
+            comp = registry.components[k][name]  # listed even when a clash makes it unusable: that is shown
             params = [{"name": f, "type": _type_name(info.annotation), "required": info.is_required(),
                        "default": None if info.is_required() else _jsonable(info.get_default(call_default_factory=True)),
-                       "description": info.description or ""}
+                       "limits": _limits(info.metadata), "description": info.description or ""}
                       for f, info in comp.params.model_fields.items()]
-            out.append({"kind": k, "name": name, "from": comp.source,
+            out.append({"kind": k, "name": name, "from": comp.source, "package": registry.packages.get(comp.source),
+                        "unusable": registry.unusable.get((k, name)),
                         "description": (comp.params.__doc__ or "").strip().split("\n")[0], "parameters": params})
     return out
 
 
 def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(v) for v in typing.get_args(annotation))
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _limits(metadata: list) -> str:
+    """A field's bounds as pydantic declares them (Field(gt=0, le=1)): '> 0, <= 1'."""
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=", "max_length": "length <="}
+    return ", ".join(f"{sign} {getattr(m, attr)}" for m in metadata for attr, sign in signs.items()
+                     if getattr(m, attr, None) is not None)
 
 
 def _jsonable(value):

@@ -18,5 +18,8 @@ def plugin_tables(listing: list[dict]) -> list[Table]:
                 table.add_column(col, overflow="fold")  # a narrow terminal folds names instead of cutting them
         params = ", ".join(f"{p['name']}={'required' if p['required'] else repr(p['default'])}"
                            + (f" ({p['description']})" if p["description"] else "") for p in comp["parameters"])
-        table.add_row(*map(escape, (comp["name"], comp["from"], params, comp["description"])))  # docs hold "[a, b]"
+        package = comp.get("package")
+        source = comp["from"] + (f" ({package['name']} {package['version']})" if package else "")
+        about = comp["description"] + (f" — UNUSABLE: {comp['unusable']}" if comp.get("unusable") else "")
+        table.add_row(*map(escape, (comp["name"], source, params, about)))  # docs hold "[a, b]"
     return list(tables.values())

@@ -189,4 +189,10 @@ def _load_generic(path: Path, meta: dict, device) -> torch.nn.Module:
 def _registry_for(plugins: list[str]):
     """The registry with a generic folder's plugin modules (recorded by `plugin_refs`)."""
     bases = {p.partition("@")[2] for p in plugins if "@" in p}  # one spec, one folder
-    return load_registry([p.partition("@")[0] for p in plugins], Path(bases.pop()) if bases else None)
+    base = Path(bases.pop()) if bases else None
+    try:
+        return load_registry([p.partition("@")[0] for p in plugins], base)
+    except KDError as e:  # the spec's own modules, looked for where the spec was when the student was saved
+        where = f"beside the spec in {base}" if base is not None else "at the paths it records"
+        raise KDError(f"{e}; this student was saved with the plugin modules {', '.join(plugins)}, looked for "
+                      f"{where}: put them back there, or on PYTHONPATH") from None

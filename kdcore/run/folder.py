@@ -26,7 +26,7 @@ from kdcore.config.spec import Spec
 from kdcore.problems import KDError
 from kdcore.run.metrics_log import read_metrics
 from kdcore.system import dist
-from kdcore.system.files import save_atomic, write_atomic
+from kdcore.system.files import save_atomic, usual_permissions, write_atomic
 from kdcore.system.locks import hold
 
 
@@ -134,6 +134,7 @@ class RunFolder:
         self.student_dir.mkdir(parents=True, exist_ok=True)
         self.train_record.unlink(missing_ok=True)  # a kill below leaves the run untrained, not half-saved
         save_model(student, str(self.float_student))
+        usual_permissions(self.student_dir)  # safetensors writes 0600
         save_reverted(self.reverted)
         write_atomic(self.train_record, json.dumps(record, indent=2))
 

@@ -100,8 +100,12 @@ def purity_problems(spec: Spec, dataset: str, sampler) -> list[Problem]:
     for how, (other, indices) in draws.items():
         for row, index in enumerate(indices):
             if not same_row(batch, index, other, row):
-                return [Problem(f"sampler '{spec.datasets[dataset].sampler.name}' is not a pure function of (seed, "
-                                f"index): sample {index} differs when {how}", f"datasets.{dataset}.sampler", spec.source)]
+                name = spec.datasets[dataset].sampler.name
+                source = spec.registry.get("sampler", name).source
+                return [Problem(f"sampler '{name}' (from {source}) is not a pure function of (seed, index): sample "
+                                f"{index} differs when {how}; draw every random number from the sample's own "
+                                "generator (SoftSampler's `g`, or kdcore.api.generator(seed, index)), never from "
+                                "torch's global one or one shared by the batch", f"datasets.{dataset}.sampler", spec.source)]
     return []
 
 

@@ -20,6 +20,7 @@ from kdcore.eval.baselines import UnigramPredictor
 from kdcore.eval.decoding import greedy_student, greedy_teacher
 from kdcore.eval.metrics import LOGGED, Accumulator
 from kdcore.eval.windows import text_windows
+from kdcore.plugin.calls import plugin_code
 from kdcore.plugin.data import Inputs
 from kdcore.problems import KDError, Problem
 from kdcore.report.console import reporter
@@ -89,14 +90,17 @@ class EvaluateStage:
         positions = self.positions(student)
         start, seq_len = time.perf_counter(), spec.student_seq_len
         predictors = {"student": student, "untrained": untrained}
-        texts = {ref: score_text(ref, spec, teacher, predictors, seq_len, positions) for ref in spec.eval.texts}
+        # the student's failures on real text name it and its line, as in training (the teacher's are its own)
+        with plugin_code(self.builder.origin(spec.student), "evaluation on real text"):
+            texts = {ref: score_text(ref, spec, teacher, predictors, seq_len, positions) for ref in spec.eval.texts}
+            samples = continuations(spec, teacher, student, seq_len)
         main = texts[spec.eval.text]
         report = {
             "experiment": spec.name, "recipe": spec.recipe or spec.name, "budget": spec.budget(),
             "text": spec.eval.text, "positions": positions, "seq_len": seq_len,
             "windows": main["windows"], "teacher": main["teacher"], "results": main["results"],
             "texts": texts, "untrained_init": untrained_init,
-            "samples": continuations(spec, teacher, student, seq_len),
+            "samples": samples,
             "seconds": round(time.perf_counter() - start, 2), "identity_hash": self.identity_hash(),
             "store_teachers": self.train.store_teachers(),  # so a copy of the report can be recognised later
         }

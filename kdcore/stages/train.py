@@ -232,6 +232,9 @@ class Trainer:
                       "parameters": count_parameters(student)}
             self.run.save_student(student, record, lambda folder: save_reverted(student, folder, self.spec, self.builder))
             plot_training(self.run.metrics, self.run.training_plot)
+            if not hasattr(self.builder.teacher.tokenizer(), "save_pretrained"):
+                reporter.note(f"note: the teacher's tokenizer ({type(self.builder.teacher.tokenizer()).__name__}) cannot "
+                              f"save itself, so {self.run.reverted} holds no tokenizer files")
         dist.barrier()  # rank 0 has saved it before any rank's plugins see it
         self.spec.registry.pm.hook.kd_on_trained(student=student, run_dir=self.run.path, rank=dist.rank())
         return student

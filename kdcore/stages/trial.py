@@ -2,8 +2,9 @@
 `kd validate` does it by default and `kd run` before the first teacher forward.
 
 - a sampler draws a small batch twice, alone and in another order: purity in (seed, index);
-- the student runs forward on a few one-hot rows at every position kind the datasets use, and its
-  reverted form must give the same logits on the same ids;
+- the student runs forward on a few one-hot rows at every position kind it declares (evaluation may
+  ask for any of them), and its reverted form must give the same logits on the same ids; then one
+  forward and backward in training mode, as the first training step makes them;
 - each loss runs on dense and on top-k targets (where it accepts them when built): a finite scalar
   with a gradient to the student;
 - an optimizer and a schedule take one step.
@@ -47,6 +48,15 @@ def trial_problems(builder: Builder, everything: bool = False) -> list[Problem]:
     return problems
 
 
+def tried_components(builder: Builder) -> list[str]:
+    """The components `trial_problems` tries (those not built in), as `kd validate` names them."""
+    spec = builder.spec
+    used = [f"datasets.{name}.sampler" for name in spec.datasets_in_use]
+    refs = [ref for loc, ref in spec.all_refs() if not loc.startswith(("datasets.", "teacher"))
+            or loc.startswith(tuple(used))]
+    return list(dict.fromkeys(str(builder.origin(ref)) for ref in refs if _plugin(builder, ref)))
+
+
 def _plugin(builder: Builder, ref: ComponentRef) -> bool:
     return builder.registry.get(ref.kind, ref.name).source != BUILTIN_MODULE
 
@@ -60,7 +70,8 @@ def _attempt(call) -> list[Problem]:
 
 
 def student_problems(builder: Builder, student) -> list[Problem]:
-    """Forward on one-hot rows at each position kind in use; the reverted student equals it on ids."""
+    """Forward on one-hot rows at each position kind it declares; the reverted student equals it on
+    ids; a training-mode forward and backward runs."""
     spec, origin = builder.spec, builder.origin(builder.spec.student)
     S, V = spec.student_seq_len, builder.vocab_size
     ids = torch.randint(0, V, (BATCH, S), generator=torch.Generator().manual_seed(0))
@@ -68,7 +79,8 @@ def student_problems(builder: Builder, student) -> list[Problem]:
     soft = Inputs(lengths, soft=torch.nn.functional.one_hot(ids, V).float())
     with plugin_code(origin, "revert()"):
         reverted = student.eval().revert().eval()
-    for positions in dict.fromkeys(spec.datasets[d].positions for d in spec.datasets_in_use):
+    used = [spec.datasets[d].positions for d in spec.datasets_in_use]
+    for positions in dict.fromkeys([*used, *student.positions]):  # those in use first: their problem is named
         expected = (BATCH, V) if positions == "last" else (BATCH, S, V)
         with torch.no_grad(), plugin_code(origin, "forward()"):
             floats = student(soft, positions=positions)
@@ -83,6 +95,25 @@ def student_problems(builder: Builder, student) -> list[Problem]:
             return [origin.problem(f"revert() gives another function: on the same ids (one-hot rows for the float "
                                    f"student) the logits differ by up to {gap:.3g} (positions '{positions}'); the "
                                    "shipped student would not be the one trained")]
+    return training_problems(student, soft, spec.datasets[spec.phases[0].dataset].positions, origin)
+
+
+def training_problems(student, soft: Inputs, positions: str, origin) -> list[Problem]:
+    """One forward and backward in training mode (dropout and the like run only there); the
+    gradients are cleared after, and the student left in eval mode."""
+    student.train()
+    try:
+        with plugin_code(origin, "forward() in training mode"):
+            out = student(soft, positions=positions)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            with plugin_code(origin, "backward()"):
+                out.float().pow(2).mean().backward()
+        elif any(p.requires_grad for p in student.parameters()):
+            return [origin.problem(f"broke its contract: forward (positions '{positions}') in training mode gives "
+                                   "logits with no gradient to its parameters (detached, or under no_grad)")]
+    finally:
+        student.zero_grad(set_to_none=True)
+        student.eval()
     return []
 
 

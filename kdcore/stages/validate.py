@@ -9,7 +9,7 @@ from kdcore.problems import KDError, Problem
 from kdcore.stages import checks
 from kdcore.stages.builder import Builder
 from kdcore.stages.train_state import count_parameters
-from kdcore.stages.trial import trial_problems
+from kdcore.stages.trial import tried_components, trial_problems
 
 
 def validate(spec: Spec, purity: bool = False) -> dict:
@@ -44,7 +44,8 @@ def validate(spec: Spec, purity: bool = False) -> dict:
     checks.raise_any(problems)
     return {"spec": spec.resolved(), "teacher_vocab": builder.teacher.vocab_size,
             "student_parameters": count_parameters(student),
-            "student_init": getattr(student, "init_source", "random (seeded by phases[0].seed)")}
+            "student_init": getattr(student, "init_source", "random (seeded by phases[0].seed)"),
+            "tried": tried_components(builder)}
 
 
 def _sampler(builder: Builder, name: str):

@@ -45,6 +45,7 @@ from kdcore.store.store import Store  # noqa: E402
 SAMPLERS = {
     "uniform": {"name": "uniform", "low": -10.0, "high": 10.0},
     "random-ids": {"name": "random-ids"},
+    "zipf-ids": {"name": "zipf-ids"},
     "teacher-generated": {"name": "teacher-generated"},
     "mix": {"name": "mix", "weights": [0.7, 0.3], "samplers": [{"name": "teacher-generated"}, {"name": "random-ids"}]},
 }
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--sampler", default="uniform", choices=sorted(SAMPLERS),
-                    help="uniform (soft rows), random-ids, teacher-generated, or mix (of the last two)")
+                    help="uniform (soft rows), random-ids, zipf-ids, teacher-generated, or mix (of teacher-generated and random ids)")
     ap.add_argument("--group", type=int, help="teacher-generated: samples decoded together (default: the sampler's)")
     ap.add_argument("--burn-in", type=int, default=0, help="teacher-generated: tokens written and dropped before each window")
     ap.add_argument("--positions", default="last", choices=["last", "all"], help="target positions (both sides)")

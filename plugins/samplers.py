@@ -8,6 +8,7 @@ process count or resume point. Base samplers fill all S positions; `length-mix` 
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -94,6 +95,50 @@ class ZipfIds:
     def sample(self, indices, seed):
         ids = torch.stack([torch.multinomial(self.probs, self.S, replacement=True, generator=generator(seed, int(i)))
                            for i in indices]) + self.low
+        return Inputs(lengths=_full(len(indices), self.S), ids=ids)
+
+
+class TeacherUnigramIdsParams(Params):
+    """Token ids drawn independently from the teacher's own next-token distribution after its BOS
+    token: p(id) = softmax(logits / temperature) at the one position of [BOS], with the ids below
+    `low` given probability 0 and the rest renormalised."""
+
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the teacher's logits (> 1 flattens them)")
+    low: int = Field(0, ge=0, description="the first id drawn (past the special tokens)")
+    bos: int | None = Field(None, ge=0, description="the id the teacher reads (default: the teacher's BOS token; "
+                                                    "required for a teacher that names none)")
+
+
+class TeacherUnigramIds:
+    """Noise only, no sequence written by the teacher: each id independent, drawn as often as the
+    teacher expects it to open a text. One teacher forward, on the first sample; a teacher without a
+    BOS id is refused at build unless `bos` names one (no guessed fallback)."""
+
+    produces = "ids"
+    deterministic = "device"  # the probabilities come from the teacher's logits on its device and dtype
+
+    def __init__(self, params: TeacherUnigramIdsParams, ctx: BuildContext):
+        self.p, self.S, self.V = params, ctx.max_seq_len, ctx.vocab_size
+        if params.low >= self.V:
+            raise ParamError("low", f"{params.low} is past the teacher's vocabulary ({self.V})")
+        self.bos = params.bos if params.bos is not None else getattr(ctx.teacher(), "bos_id", None)
+        if self.bos is None:
+            raise ParamError("bos", "the teacher names no BOS token: give the id to start from")
+        if self.bos >= self.V:
+            raise ParamError("bos", f"{self.bos} is past the teacher's vocabulary ({self.V})")
+        self._teacher = ctx.teacher  # called on the first sample: kd validate reads no weights
+
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        """(V,) float64 on the CPU, summing to 1: the distribution every id is drawn from."""
+        bos = Inputs(lengths=torch.ones(1, dtype=torch.long), ids=torch.tensor([[self.bos]]))
+        logits = self._teacher().logits(bos, "last")[0].double().cpu() / self.p.temperature
+        logits[: self.p.low] = -math.inf  # probability 0: the softmax renormalises over the rest
+        return torch.softmax(logits, dim=-1)
+
+    def sample(self, indices, seed):
+        ids = torch.stack([torch.multinomial(self.probs, self.S, replacement=True, generator=generator(seed, int(i)))
+                           for i in indices])
         return Inputs(lengths=_full(len(indices), self.S), ids=ids)
 
 
@@ -489,6 +534,7 @@ def register_all(register) -> None:
     register("uniform", Uniform, UniformParams)
     register("random-ids", RandomIds, RandomIdsParams)
     register("zipf-ids", ZipfIds, ZipfIdsParams)
+    register("teacher-unigram-ids", TeacherUnigramIds, TeacherUnigramIdsParams)
     register("length-mix", LengthMix, LengthMixParams)
     register("gaussian", Gaussian, GaussianParams)
     register("soft-ids", SoftIds, SoftIdsParams)

@@ -139,6 +139,8 @@ class HFTeacher:
         self.identity = identity
         self.vocab_size = int(config.vocab_size)
         self.max_positions = getattr(config, "max_position_embeddings", None)
+        bos = getattr(config, "bos_token_id", None)  # the model's own word for it, no weights read
+        self.bos_id = bos if isinstance(bos, int) else None  # (a list, in an odd config: none to use)
         self.device = torch.device(run.device)
         self.dtype = DTYPES[run.dtype]
         self._fingerprint = None

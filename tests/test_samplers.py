@@ -20,6 +20,7 @@ CONFIGS = {
     "uniform": {"name": "uniform", "low": -10.0, "high": 10.0},
     "random-ids": {"name": "random-ids"},
     "zipf-ids": {"name": "zipf-ids", "low": 3},
+    "teacher-unigram-ids": {"name": "teacher-unigram-ids", "low": 3},
     "length-mix": {"name": "length-mix", "full_fraction": 0.5, "min_len": 2, "sampler": {"name": "uniform"}},
     "gaussian": {"name": "gaussian", "mean": 0.5, "std": 2.0},
     "soft-ids": {"name": "soft-ids", "scale": 4.0},
@@ -371,6 +372,71 @@ def test_zipf_ids_follow_the_law_over_the_id_order(tiny_spec):
     error = (expected * (1 - expected) / len(ids)).sqrt()
     assert torch.all((share - expected).abs() <= 5 * error + 1e-4)
     assert share[0] > 3 * share[5] > 0  # the head: common pieces are common
+
+
+def bos_distribution(teacher, bos: int, temperature: float, low: int) -> torch.Tensor:
+    """The teacher's next-token probabilities after [bos], computed here from its own forward over
+    "all" positions: softmax(logits / temperature), ids below low zeroed and the rest renormalised."""
+    logits = teacher.logits(Inputs(torch.tensor([1]), ids=torch.tensor([[bos]])), "all")[0, 0].double()
+    p = torch.softmax(logits / temperature, -1)
+    p[:low] = 0
+    return p / p.sum()
+
+
+def entropy(p: torch.Tensor) -> float:
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def test_teacher_unigram_ids_follow_the_teachers_distribution_after_bos(tiny_spec):
+    """In 20,000 draws over a vocabulary of 64, each id's share is within sampling error of the
+    teacher's softmax after its BOS token; ids below `low` are never drawn; a higher temperature
+    flattens the draws; a sample is a pure function of (seed, index). The tiny random teacher's
+    logits are nearly flat: temperature 0.1 sharpens them tenfold, so the law is far from uniform."""
+    cfg = {"name": "teacher-unigram-ids", "low": 4, "temperature": 0.1}
+    sampler, builder = build(tiny_spec, cfg, max_seq_len=16)
+    teacher = builder.teacher
+    assert teacher.bos_id == 1  # LlamaConfig's BOS id: the tiny teacher has one
+    expected = bos_distribution(teacher, 1, 0.1, 4)
+    assert expected.max() > 10 * expected[4:].min()  # far from flat: a real test
+    ids = sampler.sample(list(range(1250)), seed=0).ids.flatten()
+    assert int(ids.min()) >= 4 and int(ids.max()) < 64
+    share = torch.bincount(ids, minlength=64).double() / len(ids)
+    error = (expected * (1 - expected) / len(ids)).sqrt()
+    assert torch.all((share - expected).abs() <= 5 * error + 1e-4)
+    uniform = torch.full((60,), 1 / 60, dtype=torch.float64)  # what a wrong sampler (random ids) would give
+    assert (share[4:] - uniform).abs().max() > 10 * error.max()
+    torch.testing.assert_close(sampler.probs, expected, rtol=1e-6, atol=1e-9)
+
+    hot, _ = build(tiny_spec, {**cfg, "temperature": 0.3}, max_seq_len=16)
+    flat = torch.bincount(hot.sample(list(range(1250)), seed=0).ids.flatten(), minlength=64).double()
+    assert entropy(flat / flat.sum()) > entropy(share) + 0.2
+    torch.testing.assert_close(hot.probs, bos_distribution(teacher, 1, 0.3, 4), rtol=1e-6, atol=1e-9)
+
+    again, _ = build(tiny_spec, cfg, max_seq_len=16)  # another instance, one sample alone
+    assert torch.equal(again.sample([7], seed=3).ids[0], sampler.sample([5, 7], seed=3).ids[1])
+    assert not torch.equal(sampler.sample([7], seed=3).ids, sampler.sample([8], seed=3).ids)
+
+
+def test_teacher_unigram_ids_start_from_the_named_token_and_refuse_what_does_not_fit(tiny_spec, monkeypatch):
+    other, builder = build(tiny_spec, {"name": "teacher-unigram-ids", "bos": 9})
+    torch.testing.assert_close(other.probs, bos_distribution(builder.teacher, 9, 1.0, 0), rtol=1e-6, atol=1e-9)
+    with pytest.raises(KDError) as e:
+        build(tiny_spec, {"name": "teacher-unigram-ids", "low": 64})
+    assert "datasets.noise.sampler.low: 64 is past the teacher's vocabulary (64)" in str(e.value)
+    with pytest.raises(KDError) as e:
+        build(tiny_spec, {"name": "teacher-unigram-ids", "temperature": 0})
+    assert "temperature" in str(e.value)
+    from kd_plugins import teachers
+
+    make_config = teachers.tiny_llama_config
+    monkeypatch.setattr(teachers, "tiny_llama_config", lambda p: make_config(p).__class__(
+        **{**make_config(p).to_dict(), "bos_token_id": None}))
+    with pytest.raises(KDError) as e:
+        build(tiny_spec, {"name": "teacher-unigram-ids"})
+    assert "datasets.noise.sampler.bos: the teacher names no BOS token" in str(e.value)
+    named, _ = build(tiny_spec, {"name": "teacher-unigram-ids", "bos": 1})  # named, it is used
+    assert named.sample([0], seed=0).ids.shape == (1, 6)
 
 
 def test_text_windows_read_every_window_once_before_any_repeats(tiny_spec):

@@ -95,6 +95,7 @@ class Teacher(Protocol):
     device: torch.device
     dtype: torch.dtype
     identity: dict  # what names this teacher in a spec (recorded in every store it generates)
+    bos_id: Annotated[int | None, OPTIONAL]  # the token its texts start with (None: none), known without the weights
 
     def embedding_weight(self) -> torch.Tensor:
         """(V, D) input embedding matrix E."""

@@ -33,6 +33,21 @@ TINY_SPEC = {
 }
 
 
+def small_layout(**kw):
+    """A store layout small enough to write by hand: 50 samples of 8 tokens, a vocabulary of 32, blocks of 10."""
+    from kdcore.store.layout import Layout
+
+    base = dict(num_samples=50, max_seq_len=8, vocab_size=32, positions="last", logits="dense", topk=4,
+                inputs="seed", produces="soft", block_rows=10)
+    return Layout(**{**base, **kw})
+
+
+def write_committed(store, b: int, data: dict) -> None:
+    """Block b, committed; inputs kept as seeds get placeholder checksums (these tests regenerate none)."""
+    lo, hi = store.layout.block_range(b)
+    store.write_block(b, data, [0] * (hi - lo) if store.layout.regenerates_inputs else None)
+
+
 @pytest.fixture
 def tiny_spec(tmp_path) -> dict:
     """A deep copy of a small valid spec on the tiny teacher, its store and runs under tmp_path (never

@@ -16,18 +16,7 @@ from kdcore.store.inspect import inspect_store
 from kdcore.store.layout import Layout
 from kdcore.store.lifecycle import create_store
 from kdcore.store.store import Store
-
-
-def layout(**kw) -> Layout:
-    base = dict(num_samples=50, max_seq_len=8, vocab_size=32, positions="last", logits="dense", topk=4,
-                inputs="seed", produces="soft", block_rows=10)
-    return Layout(**{**base, **kw})
-
-
-def write(store: Store, b: int, data: dict) -> None:
-    """Block b, committed; inputs kept as seeds get placeholder checksums (these tests regenerate none)."""
-    lo, hi = store.layout.block_range(b)
-    store.write_block(b, data, [0] * (hi - lo) if store.layout.regenerates_inputs else None)
+from conftest import small_layout as layout, write_committed as write
 
 
 def block(lay: Layout, b: int, collapse: bool = False, seed: int = 0) -> dict[str, np.ndarray]:

@@ -45,9 +45,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# the suite without the tests that load the real SmolLM2 teacher (about a minute)
+# the suite without the tests that load the real SmolLM2 teacher or run end to end (see README)
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not real_teacher"
+	$(BIN)/python -m pytest -q -m "not real_teacher and not slow"
 
 # the suite on the newest releases pyproject.toml allows, without the lock (not part of CI): what
 # `make lock` would pin next

@@ -91,6 +91,7 @@ def test_plugins_json_describes_every_field(wide):
     assert exponent == {"name": "exponent", "type": "float", "required": False, "default": 1.0, "limits": "> 0",
                         "description": "Zipf's exponent (1: Zipf's law for words)"}
     assert zipf["from"] == "kd_plugins" and zipf["package"] is None and zipf["unusable"] is None and zipf["description"].startswith("Token ids drawn independently")
+    assert zipf["description"].endswith("for low <= id < the vocabulary.")  # the whole first paragraph, on one line
 
 
 def test_plugins_of_one_kind(wide):

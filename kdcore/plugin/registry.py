@@ -316,8 +316,14 @@ def describe(registry: Registry, kind: str | None = None) -> list[dict]:
                       for f, info in comp.params.model_fields.items()]
             out.append({"kind": k, "name": name, "from": comp.source, "package": registry.packages.get(comp.source),
                         "unusable": registry.unusable.get((k, name)),
-                        "description": (comp.params.__doc__ or "").strip().split("\n")[0], "parameters": params})
+                        "description": first_paragraph(comp.params.__doc__), "parameters": params})
     return out
+
+
+def first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph on one line: a component's description (its first line alone
+    may stop mid-sentence)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
 
 
 def _type_name(annotation) -> str:

@@ -51,6 +51,10 @@ class DoubleCrossParams(StudentParams):
     word_embed: int = Field(50, gt=0, description="width w of the word embedding")
 
 
+class LearnedDoubleCrossParams(DoubleCrossParams):
+    """DoubleCrossBaby with a learned Linear(S, 1) across positions instead of their sum."""
+
+
 class TransformerBabyParams(StudentParams):
     """TransformerBaby: a small post-norm nn.TransformerEncoder over all S positions."""
 
@@ -202,8 +206,9 @@ class LearnedDoubleCrossBody(DoubleCrossBody):
     """DoubleCross with a learned Linear(S, 1) across positions instead of the sum."""
 
     name = "learned-double-cross"
+    Params = LearnedDoubleCrossParams
 
-    def __init__(self, params: DoubleCrossParams, vocab_size: int, max_seq_len: int):
+    def __init__(self, params: LearnedDoubleCrossParams, vocab_size: int, max_seq_len: int):
         super().__init__(params, vocab_size, max_seq_len)
         self.across = nn.Linear(max_seq_len, 1)
 

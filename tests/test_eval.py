@@ -264,3 +264,19 @@ def test_agreement_past_the_first_position_is_its_own_column():
     header, _, first, second, _ = markdown_table(rows).splitlines()
     assert "| top-1 agreement | top-1, 2+ token context |" in header
     assert first.startswith("| all positions | 0.400 | 0.300 |") and second.startswith("| last position only | 0.300 |  |")
+
+
+def test_the_budget_plot_reads_agreement_past_the_first_position_where_every_run_has_it():
+    """With every position scored, the budget plot's agreement is the tables' "2+ token context"
+    column (the study's reading); a run scored at its last position only falls back to overall."""
+    from kdcore.report.plots import _agreement_key, _metric
+
+    def report(by_position):
+        row = {"top1_agreement": 0.5, "perplexity": 10.0, "agreement_by_position": by_position}
+        return {"texts": {"t": {"results": {"student": row, "unigram": {**row, "perplexity": 20.0}}}}}
+
+    every = report([1.0, 0.2, 0.4])
+    assert _agreement_key([every], "t") == "top1_agreement_in_context"
+    assert _metric(every, "t", "top1_agreement_in_context") == pytest.approx(0.3)
+    assert _metric(every, "t", "ppl_vs_unigram") == pytest.approx(0.5)
+    assert _agreement_key([every, report([0.5])], "t") == "top1_agreement"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdcore.eval.metrics import with_derived_columns
 from kdcore.run.metrics_log import read_metrics
 
 
@@ -90,9 +91,14 @@ def plot_by_position(series: dict[str, list[float]], out: Path, title: str) -> P
 
 def _metric(report: dict, text: str, key: str, who: str = "student") -> float:
     results = report["texts"][text]["results"]
-    if key == "ppl_vs_unigram":
-        return results[who]["perplexity"] / results["unigram"]["perplexity"]
-    return results[who][key]
+    return with_derived_columns([results[who]], results["unigram"]["perplexity"])[0][key]
+
+
+def _agreement_key(reports: list[dict], text: str) -> str:
+    """Agreement past a window's first position where every run scored every position (the study's
+    reading: at the first position the context is one token), else overall agreement."""
+    scored = all(len(r["texts"][text]["results"]["student"].get("agreement_by_position") or []) > 1 for r in reports)
+    return "top1_agreement_in_context" if scored else "top1_agreement"
 
 
 def plot_budget(reports: list[dict], out: Path) -> Path:
@@ -100,11 +106,13 @@ def plot_budget(reports: list[dict], out: Path) -> Path:
     row per evaluation text, the unigram baseline dashed."""
     plt = _plt()
     texts = [t for t in reports[0]["texts"] if all(t in r["texts"] for r in reports)]
-    metrics = [("top1_agreement", "top-1 agreement"), ("kl_teacher_student", "KL(teacher‖student)"),
-               ("ppl_vs_unigram", "perplexity / unigram")]
-    fig, axes = plt.subplots(len(texts), len(metrics), figsize=(4.4 * len(metrics), 3.4 * len(texts)), squeeze=False)
+    fig, axes = plt.subplots(len(texts), 3, figsize=(4.4 * 3, 3.4 * len(texts)), squeeze=False)
     recipes = list(dict.fromkeys(r.get("recipe") or r["experiment"] for r in reports))
+    budgets = sorted({r["budget"]["tokens"] for r in reports})
     for i, text in enumerate(texts):
+        agreement = _agreement_key(reports, text)
+        metrics = [(agreement, "top-1 agreement" + (", 2+ token context" if agreement.endswith("context") else "")),
+                   ("kl_teacher_student", "KL(teacher‖student)"), ("ppl_vs_unigram", "perplexity / unigram")]
         for j, (key, title) in enumerate(metrics):
             ax = axes[i][j]
             for c, recipe in enumerate(recipes):
@@ -114,6 +122,8 @@ def plot_budget(reports: list[dict], out: Path) -> Path:
                         marker="o", ms=4, lw=1, color=f"C{c % 10}", label=recipe)
             ax.axhline(_metric(reports[0], text, key, "unigram"), ls="--", lw=1, color="grey", label="unigram")
             ax.set_xscale("log")
+            ax.set_xticks(budgets, [f"{t / 1000:g}k" for t in budgets])  # the budgets run, not log-axis minor labels
+            ax.minorticks_off()
             if key == "ppl_vs_unigram":  # ratios from ~0.2 to ~100: below and above 1 both readable
                 ax.set_yscale("log")
             ax.set_xlabel("training tokens")

@@ -67,6 +67,13 @@ class RandomIds:
         return Inputs(lengths=_full(len(indices), self.S), ids=ids)
 
 
+def independent_ids(probs: torch.Tensor, S: int, indices, seed: int, offset: int = 0) -> Inputs:
+    """S ids per sample drawn independently from `probs` (id = offset + draw), each sample from its
+    own (seed, index) generator: pure in (seed, index), whatever the batch."""
+    ids = torch.stack([torch.multinomial(probs, S, replacement=True, generator=generator(seed, int(i))) for i in indices])
+    return Inputs(lengths=_full(len(indices), S), ids=ids + offset)
+
+
 class ZipfIdsParams(Params):
     """Token ids drawn independently from a Zipf law over the tokenizer's id order: a byte-level BPE
     numbers its merges in the order it learned them, roughly by frequency, so low ids are common
@@ -93,9 +100,7 @@ class ZipfIds:
         self.probs /= self.probs.sum()
 
     def sample(self, indices, seed):
-        ids = torch.stack([torch.multinomial(self.probs, self.S, replacement=True, generator=generator(seed, int(i)))
-                           for i in indices]) + self.low
-        return Inputs(lengths=_full(len(indices), self.S), ids=ids)
+        return independent_ids(self.probs, self.S, indices, seed, offset=self.low)
 
 
 class TeacherUnigramIdsParams(Params):
@@ -137,9 +142,7 @@ class TeacherUnigramIds:
         return torch.softmax(logits, dim=-1)
 
     def sample(self, indices, seed):
-        ids = torch.stack([torch.multinomial(self.probs, self.S, replacement=True, generator=generator(seed, int(i)))
-                           for i in indices])
-        return Inputs(lengths=_full(len(indices), self.S), ids=ids)
+        return independent_ids(self.probs, self.S, indices, seed)
 
 
 class LengthMixParams(Params):

@@ -62,10 +62,11 @@ def failing_line(e: BaseException, origin: Origin) -> str:
         return "no traceback"
     own = [f for f in frames if origin.code and str(Path(f.filename).resolve()).startswith(origin.code)]
     frame = (own or frames)[-1]
-    return f"{_short(frame.filename)}:{frame.lineno}"
+    return f"{shown_path(frame.filename)}:{frame.lineno}"
 
 
-def _short(filename: str) -> str:
+def shown_path(filename: str) -> str:
+    """A file as the user can open it: relative to the working directory when under it."""
     path = Path(filename)
     try:
         return str(path.resolve().relative_to(Path.cwd()))

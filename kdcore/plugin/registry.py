@@ -30,6 +30,7 @@ import pluggy
 from pydantic import BaseModel
 
 from kdcore.plugin import hookspecs
+from kdcore.plugin.calls import shown_path
 from kdcore.plugin.hookspecs import Register, Target
 from kdcore.plugin.params import contract_problem
 from kdcore.problems import KDError, did_you_mean
@@ -259,10 +260,10 @@ def import_plugin_module(path: str, base_dir: Path | None = None):
 def _import_problem(e: Exception) -> str:
     """What failed in a plugin's import, at the line of the plugin's own code (not importlib's)."""
     if isinstance(e, SyntaxError):
-        return f"{e.msg} ({_shown(e.filename or '?')}:{e.lineno})"
+        return f"{e.msg} ({shown_path(e.filename or '?')}:{e.lineno})"
     frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename
               and not f.filename.startswith("<") and Path(f.filename).resolve() != Path(__file__).resolve()]
-    where = f" ({_shown(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+    where = f" ({shown_path(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
     if isinstance(e, ImportError):
         return f"{e}{_api_hint(e)}{where}"
     return f"{type(e).__name__}: {e}{where}"
@@ -278,15 +279,6 @@ def _api_hint(e: ImportError) -> str:
     except ImportError:
         return ""
     return did_you_mean(name, [n for n in dir(module) if not n.startswith("_")])
-
-
-def _shown(filename: str) -> str:
-    """A file as the user can open it: relative to the working directory when under it."""
-    path = Path(filename)
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _hook_problem(pm: pluggy.PluginManager, e: pluggy.PluginValidationError) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import io
 import os
+import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
@@ -46,6 +47,21 @@ def write_committed(store, b: int, data: dict) -> None:
     """Block b, committed; inputs kept as seeds get placeholder checksums (these tests regenerate none)."""
     lo, hi = store.layout.block_range(b)
     store.write_block(b, data, [0] * (hi - lo) if store.layout.regenerates_inputs else None)
+
+
+@contextmanager
+def held_elsewhere(store, what: str, shared: bool = False):
+    """`kdcore.system.locks.hold(store, what, shared)` taken by another process, which holds it until
+    the block ends and is then killed (kill -9: nothing of its own is released)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; from kdcore.system.locks import hold\n"
+                              f"with hold({str(store)!r}, {what!r}, shared={shared}):\n"
+                              "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.fixture

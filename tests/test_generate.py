@@ -26,7 +26,7 @@ from kdcore.problems import KDError
 from kdcore.store.layout import Layout
 from kdcore.store.lifecycle import create_store
 from kdcore.store.store import FORMAT_VERSION, Store
-from conftest import kd_in_process
+from conftest import held_elsewhere, kd_in_process
 
 BIN = Path(sys.executable).parent
 
@@ -332,19 +332,12 @@ def test_two_generates_on_one_store_the_second_names_the_first(tiny_spec, write_
 
     path = write_spec(tiny_spec)
     store = tmp_path / "store" / "noise"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kdcore.system.locks import hold\n"
-                               f"with hold({str(store)!r}, 'store'):\n    print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with held_elsewhere(store, "store") as holder:
         r = kd("generate", path, cwd=tmp_path)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         msg = " ".join(r.stderr.split())
         assert f"pid {holder.pid}" in msg and "in use by another process" in msg and str(store) in msg.replace(" ", "")
         assert not store.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert gen(path).complete  # the dead holder's lock went with it
     with hold(store, "store"):  # and the finished run released its own
         pass

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from kdcore.problems import KDError
 from kdcore.system.locks import hold, lock_path
+from conftest import held_elsewhere
 
 
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
@@ -44,17 +43,10 @@ def test_a_killed_holder_leaves_no_lock(tmp_path):
     """kill -9 cannot release a lock file's contents, but the OS ends the lock itself: the next
     holder takes it (and rewrites who holds it)."""
     store = tmp_path / "s"
-    child = subprocess.Popen([sys.executable, "-c", "import time; from kdcore.system.locks import hold\n"
-                              f"with hold({str(store)!r}, 's'):\n    print('held', flush=True); time.sleep(60)"],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "held"
+    with held_elsewhere(store, "s") as child:
         with pytest.raises(KDError, match=f"pid {child.pid} "):
             with hold(store, "s"):
                 pass
-    finally:
-        child.kill()
-        child.wait()
     assert lock_path(store).exists()  # the stale file stays ...
     with hold(store, "s"):  # ... and is no obstacle
         assert f'"pid": {os.getpid()}' in lock_path(store).read_text()
@@ -63,17 +55,10 @@ def test_a_killed_holder_leaves_no_lock(tmp_path):
 def test_a_writer_refused_by_readers_names_their_pids(tmp_path):
     """A reader says who it is beside the lock; a killed reader's note is not taken for a holder."""
     store = tmp_path / "store" / "noise"
-    child = subprocess.Popen([sys.executable, "-c", "import time; from kdcore.system.locks import hold\n"
-                              f"with hold({str(store)!r}, 's', shared=True):\n    print('held', flush=True); time.sleep(60)"],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "held"
+    with held_elsewhere(store, "s", shared=True) as child:
         with pytest.raises(KDError, match=f"store is in use by another process \\(read by pid {child.pid} on host"):
             with hold(store, "store"):
                 pass
-    finally:
-        child.kill()
-        child.wait()
     with hold(store, "store"):  # the killed reader's lock is gone with it
         pass
 

@@ -18,6 +18,9 @@ def describe(device: str = "cpu") -> str:
     except OSError:
         pass
     text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":  # set by tune_process, as the kd command does
+        system = os.environ.get("KD_MALLOC") == "system"
+        text += ", kd's allocator tuning" + (" (KD_MALLOC=system: huge pages only)" if system else "")
     if device.startswith("cuda") and torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
 from kdcore.stages.builder import Builder  # noqa: E402
+from kdcore.system.tuning import tune_process  # noqa: E402
 from kdcore.plugin.data import Inputs  # noqa: E402
 from kdcore.stages.generate import generate  # noqa: E402
 from kdcore.config.load import parse_spec  # noqa: E402
@@ -52,6 +53,7 @@ SAMPLERS = {
 
 
 def main() -> None:
+    tune_process()  # as the kd command does, so the figures are those `kd run` sees
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", default="smollm2", help="smollm2 or tiny-llama")
     ap.add_argument("--device", default="cpu")

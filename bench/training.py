@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
 from kdcore.stages.builder import Builder  # noqa: E402
+from kdcore.system.tuning import tune_process  # noqa: E402
 from kdcore.plugin.data import Inputs, Targets  # noqa: E402
 from kdcore.stages.batches import Batch, StoreBatches, epoch_plan, loader  # noqa: E402
 from kdcore.stages.generate import generate  # noqa: E402
@@ -77,6 +78,7 @@ def timed_checksum(values):
 
 
 def main() -> None:
+    tune_process()  # as the kd command does, so the figures are those `kd run` sees
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=3000, help="random-ids dataset (an epoch per run: its start, "
                     "which reads a shuffle group's blocks before the first step, should not dominate)")

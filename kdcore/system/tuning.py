@@ -1,5 +1,5 @@
 """Process-wide tuning for the long-running commands, applied at their entry points (the `kd` command
-line, bench/allocator.py), never on import: a plugin author's notebook that imports kdcore keeps its process
+line, the benchmarks in bench/), never on import: a plugin author's notebook that imports kdcore keeps its process
 as it was. What each setting buys, measured, is in docs/DESIGN.md ("Helper threads").
 
 - THP_MEM_ALLOC_ENABLE=1 (unless already set): torch backs large tensors with transparent huge pages,

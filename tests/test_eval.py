@@ -44,6 +44,28 @@ def test_accumulator_matches_hand_computation():
     assert 0.8 <= r["top5_overlap"] <= 1.0
 
 
+def test_per_position_metrics_are_the_overall_ones_split_by_window_index():
+    """Agreement, KL and the real token's NLL per window index, over batches: each index's mean of
+    the same per-position values the overall figures average."""
+    torch.manual_seed(0)
+    teacher, student = torch.randn(12, 7), torch.randn(12, 7)
+    target, position = torch.randint(0, 7, (12,)), torch.arange(3).repeat(4)  # 4 windows of 3
+    acc = Accumulator()
+    acc.add(student[:6], teacher[:6], target[:6], position[:6])  # two batches, as evaluation adds them
+    acc.add(student[6:], teacher[6:], target[6:], position[6:])
+    r = acc.result()
+    logp, logq = teacher.log_softmax(-1), student.log_softmax(-1)
+    values = {"agreement": (logp.argmax(-1) == logq.argmax(-1)).double(),
+              "kl": (logp.exp() * (logp - logq)).sum(-1).double(),
+              "nll": -logq.gather(1, target[:, None])[:, 0].double()}
+    for key, v in values.items():
+        expected = [v[position == i].mean().item() for i in range(3)]
+        assert r[f"{key}_by_position"] == pytest.approx(expected, rel=1e-5), key
+    assert sum(r["kl_by_position"]) / 3 == pytest.approx(r["kl_teacher_student"], rel=1e-5)
+    assert math.exp(sum(r["nll_by_position"]) / 3) == pytest.approx(r["perplexity"], rel=1e-5)
+    assert "kl_by_position" not in Accumulator().result()  # no positions given: no split
+
+
 def test_text_windows_are_consecutive_tokens_with_their_next_tokens():
     tokens = list(range(100))
     windows, nexts = text_windows(tokens, 8, 10)
@@ -247,36 +269,52 @@ def test_compare_shows_each_distinct_untrained_student_once():
     assert [r["kl_teacher_student"] for r in rows[3:5]] == [7.0, 13.0]
 
 
-def test_agreement_past_the_first_position_is_its_own_column():
-    """A window's first position has a one-token context; the column leaves it out (every position of
-    a whole window counts the same)."""
+def test_agreement_kl_and_perplexity_past_the_first_position_are_their_own_columns():
+    """A window's first position has a one-token context; the columns leave it out (every position of
+    a whole window counts the same). Perplexity past it is over the unigram's past it."""
     from kdcore.eval.metrics import teacher_row, with_derived_columns
     from kdcore.report.tables import markdown_table
 
+    unigram = {"perplexity": 4.0, "nll_by_position": [5.0, 2.0, 2.0]}
     rows = with_derived_columns([
-        {"label": "all positions", "top1_agreement": 0.4, "agreement_by_position": [1.0, 0.2, 0.4], "perplexity": 8.0},
-        {"label": "last position only", "top1_agreement": 0.3, "perplexity": 4.0},
+        {"label": "all positions", "top1_agreement": 0.4, "agreement_by_position": [1.0, 0.2, 0.4], "perplexity": 8.0,
+         "kl_teacher_student": 2.0, "kl_by_position": [0.3, 2.5, 3.2], "nll_by_position": [0.0, 1.0, 2.0]},
+        {"label": "last position only", "top1_agreement": 0.3, "perplexity": 4.0, "kl_teacher_student": 1.0},
         teacher_row({"perplexity": 2.0, "distinct_predicted": 5}),
-    ], unigram_perplexity=4.0)
+    ], unigram)
     assert rows[0]["top1_agreement_in_context"] == pytest.approx(0.3)
-    assert "top1_agreement_in_context" not in rows[1] and rows[2]["top1_agreement_in_context"] == 1.0
+    assert rows[0]["kl_in_context"] == pytest.approx(2.85)
+    assert rows[0]["ppl_vs_unigram_in_context"] == pytest.approx(math.exp(1.5 - 2.0))
+    assert not {"top1_agreement_in_context", "kl_in_context", "ppl_vs_unigram_in_context"} & set(rows[1])
+    assert rows[2]["top1_agreement_in_context"] == 1.0 and rows[2]["kl_in_context"] == 0.0
     assert [r["ppl_vs_unigram"] for r in rows] == [2.0, 1.0, 0.5]
     header, _, first, second, _ = markdown_table(rows).splitlines()
     assert "| top-1 agreement | top-1, 2+ token context |" in header
+    assert "| KL(teacher‖student) | KL, 2+ token context |" in header
+    assert "| ppl / unigram | ppl / unigram, 2+ token context |" in header
     assert first.startswith("| all positions | 0.400 | 0.300 |") and second.startswith("| last position only | 0.300 |  |")
+    assert "| 2.000 | 2.850 |" in first and "| 2.00 | 0.61 |" in first
 
 
-def test_the_budget_plot_reads_agreement_past_the_first_position_where_every_run_has_it():
-    """With every position scored, the budget plot's agreement is the tables' "2+ token context"
-    column (the study's reading); a run scored at its last position only falls back to overall."""
-    from kdcore.report.plots import _agreement_key, _metric
+def test_the_budget_plot_reads_past_the_first_position_where_every_run_has_it():
+    """With every position scored, the budget plot's agreement, KL and perplexity / unigram are the
+    tables' "2+ token context" columns (the study's reading); a run scored at its last position only,
+    or a report from before KL was split by position, falls back to every position."""
+    from kdcore.report.plots import _metric, _reading
 
-    def report(by_position):
-        row = {"top1_agreement": 0.5, "perplexity": 10.0, "agreement_by_position": by_position}
+    def report(by_position, kl=True):
+        row = {"top1_agreement": 0.5, "perplexity": 10.0, "kl_teacher_student": 1.0,
+               "agreement_by_position": by_position, "nll_by_position": [1.0] * len(by_position)}
+        row.update({"kl_by_position": [3.0] + [0.5] * (len(by_position) - 1)} if kl else {})
         return {"texts": {"t": {"results": {"student": row, "unigram": {**row, "perplexity": 20.0}}}}}
 
     every = report([1.0, 0.2, 0.4])
-    assert _agreement_key([every], "t") == "top1_agreement_in_context"
+    assert _reading([every], "t", "top1_agreement") == "top1_agreement_in_context"
+    assert _reading([every], "t", "kl_teacher_student") == "kl_in_context"
+    assert _reading([every], "t", "ppl_vs_unigram") == "ppl_vs_unigram_in_context"
     assert _metric(every, "t", "top1_agreement_in_context") == pytest.approx(0.3)
+    assert _metric(every, "t", "kl_in_context") == pytest.approx(0.5)
     assert _metric(every, "t", "ppl_vs_unigram") == pytest.approx(0.5)
-    assert _agreement_key([every, report([0.5])], "t") == "top1_agreement"
+    assert _reading([every, report([0.5])], "t", "top1_agreement") == "top1_agreement"
+    assert _reading([every, report([1.0, 0.2], kl=False)], "t", "kl_teacher_student") == "kl_teacher_student"
+    assert _reading([every, report([1.0, 0.2], kl=False)], "t", "top1_agreement") == "top1_agreement_in_context"

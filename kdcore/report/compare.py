@@ -64,7 +64,7 @@ def compare_rows(reports: list[dict], text: str | None = None) -> list[dict]:
             rows.append({"label": name("untrained", r), **t["results"]["untrained"]})
     rows.append({"label": name("unigram", base), **first["results"]["unigram"]})
     rows.append(teacher_row(first["teacher"]))
-    return with_derived_columns(rows, first["results"]["unigram"]["perplexity"])
+    return with_derived_columns(rows, first["results"]["unigram"])
 
 
 def compare_runs(refs: list[Path], out_dir: Path | None) -> dict[str, list[dict]]:

@@ -17,10 +17,11 @@ from kdcore.report.tables import markdown_table, rich_table
 
 def result_rows(text_report: dict, teacher: bool = False) -> list[dict]:
     """Rows for the metrics table: each predictor (the teacher first, if asked), with the derived
-    columns (perplexity as a ratio to the unigram's on the same text, agreement past the first position)."""
+    columns (perplexity as a ratio to the unigram's on the same text; agreement, KL and that ratio past the
+    first position)."""
     rows = [teacher_row(text_report["teacher"])] if teacher else []
     rows += [{"label": name, **r} for name, r in text_report["results"].items()]
-    return with_derived_columns(rows, text_report["results"]["unigram"]["perplexity"])
+    return with_derived_columns(rows, text_report["results"]["unigram"])
 
 
 def texts_of(report: dict) -> dict:

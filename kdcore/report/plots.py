@@ -91,29 +91,40 @@ def plot_by_position(series: dict[str, list[float]], out: Path, title: str) -> P
 
 def _metric(report: dict, text: str, key: str, who: str = "student") -> float:
     results = report["texts"][text]["results"]
-    return with_derived_columns([results[who]], results["unigram"]["perplexity"])[0][key]
+    return with_derived_columns([results[who]], results["unigram"])[0][key]
 
 
-def _agreement_key(reports: list[dict], text: str) -> str:
-    """Agreement past a window's first position where every run scored every position (the study's
-    reading: at the first position the context is one token), else overall agreement."""
-    scored = all(len(r["texts"][text]["results"]["student"].get("agreement_by_position") or []) > 1 for r in reports)
-    return "top1_agreement_in_context" if scored else "top1_agreement"
+IN_CONTEXT = {"top1_agreement": "top1_agreement_in_context", "kl_teacher_student": "kl_in_context",
+              "ppl_vs_unigram": "ppl_vs_unigram_in_context"}
+
+
+def _reading(reports: list[dict], text: str, key: str) -> str:
+    """`key` past a window's first position where every run has it (the study's reading: at the first
+    position the context is one token), else over every position."""
+    def has(r):
+        try:
+            _metric(r, text, IN_CONTEXT[key])
+            return True
+        except KeyError:
+            return False
+    return IN_CONTEXT[key] if all(has(r) for r in reports) else key
 
 
 def plot_budget(reports: list[dict], out: Path) -> Path:
-    """Agreement, KL and perplexity / unigram against the training tokens: one line per recipe, one
-    row per evaluation text, the unigram baseline dashed."""
+    """Agreement, KL and perplexity / unigram against the training tokens (each past a window's first
+    position where every run has it: `_reading`): one line per recipe, one row per evaluation text,
+    the unigram baseline dashed."""
     plt = _plt()
     texts = [t for t in reports[0]["texts"] if all(t in r["texts"] for r in reports)]
     fig, axes = plt.subplots(len(texts), 3, figsize=(4.4 * 3, 3.4 * len(texts)), squeeze=False)
     recipes = list(dict.fromkeys(r.get("recipe") or r["experiment"] for r in reports))
     budgets = sorted({r["budget"]["tokens"] for r in reports})
     for i, text in enumerate(texts):
-        agreement = _agreement_key(reports, text)
-        metrics = [(agreement, "top-1 agreement" + (", 2+ token context" if agreement.endswith("context") else "")),
-                   ("kl_teacher_student", "KL(teacher‖student)"), ("ppl_vs_unigram", "perplexity / unigram")]
+        metrics = [("top1_agreement", "top-1 agreement"), ("kl_teacher_student", "KL(teacher‖student)"),
+                   ("ppl_vs_unigram", "perplexity / unigram")]
         for j, (key, title) in enumerate(metrics):
+            key = _reading(reports, text, key)
+            title += ", 2+ token context" if key.endswith("context") else ""
             ax = axes[i][j]
             for c, recipe in enumerate(recipes):
                 runs = sorted((r for r in reports if (r.get("recipe") or r["experiment"]) == recipe),
@@ -124,7 +135,7 @@ def plot_budget(reports: list[dict], out: Path) -> Path:
             ax.set_xscale("log")
             ax.set_xticks(budgets, [f"{t / 1000:g}k" for t in budgets])  # the budgets run, not log-axis minor labels
             ax.minorticks_off()
-            if key == "ppl_vs_unigram":  # ratios from ~0.2 to ~100: below and above 1 both readable
+            if key.startswith("ppl_vs_unigram"):  # ratios from ~0.2 to ~100: below and above 1 both readable
                 ax.set_yscale("log")
             ax.set_xlabel("training tokens")
             ax.set_title(f"{title}\n{text}", fontsize=9)

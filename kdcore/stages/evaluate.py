@@ -173,7 +173,7 @@ def score_text(ref: str, spec: Spec, teacher, predictors: dict, seq_len: int, po
                 acc[name].add(logits.reshape(flat_t.shape), flat_t, target, pos)
     t = teacher_acc.result()
     return {"windows": len(windows),
-            "teacher": {k: t[k] for k in ("perplexity", "distinct_predicted", "next_token_accuracy")},
+            "teacher": {k: t[k] for k in ("perplexity", "distinct_predicted", "next_token_accuracy", "nll_by_position") if k in t},
             "results": {name: a.result() for name, a in acc.items()}}
 
 

@@ -494,14 +494,16 @@ class TextWindowsParams(Params):
     text: TextFile = Field("builtin:reference.txt", description="a text file, builtin:NAME or corpus:NAME")
 
 
-TEXT_PASSES = 5  # generator salt of a text's passes (1-4 are other samplers')
+TEXT_PASSES = 5  # generator salts of a text's passes and of its offsets (1-4 are other samplers')
+TEXT_OFFSETS = 6
 
 
 class TextWindows:
     """The text cut into `passes` of whole windows of S tokens. Pass c holds samples c*n .. c*n + n-1
-    (n windows): the windows start at an offset in [0, S) and come in an order, both drawn from
-    (seed, c). So no window repeats until the text is used up, and a later pass reads other windows
-    (shifted by its offset). A pure function of (seed, index), as every sampler is."""
+    (n windows): the windows start at an offset in [0, S) and come in an order drawn from (seed, c).
+    Each run of S passes takes the S offsets in a drawn order, so within it no start in the text is
+    read twice: the first pass reads each whole window once, each later pass windows shifted from
+    every earlier pass's. A pure function of (seed, index), as every sampler is."""
 
     produces = "ids"
     deterministic = "pure"
@@ -518,8 +520,13 @@ class TextWindows:
         """Pass c's window order and offset (drawn once, kept)."""
         if (seed, c) not in self._passes:
             g = generator(seed, c, salt=TEXT_PASSES)
-            offset = int(torch.randint(0, self.S, (), generator=g))
-            self._passes[(seed, c)] = (torch.randperm(self.per_pass, generator=g), offset)
+            offset = int(torch.randint(0, self.S, (), generator=g))  # kept by the first pass of a run
+            order = torch.randperm(self.per_pass, generator=g)
+            run, k = divmod(c, self.S)
+            if k:  # the run's other passes: the other offsets, each once, in a drawn order
+                shifts = torch.randperm(self.S - 1, generator=generator(seed, run, salt=TEXT_OFFSETS)) + 1
+                offset = (self._pass(seed, run * self.S)[1] + int(shifts[k - 1])) % self.S
+            self._passes[(seed, c)] = (order, offset)
         return self._passes[(seed, c)]
 
     def start(self, seed: int, index: int) -> int:

@@ -440,8 +440,9 @@ def test_teacher_unigram_ids_start_from_the_named_token_and_refuse_what_does_not
 
 
 def test_text_windows_read_every_window_once_before_any_repeats(tiny_spec):
-    """A pass over the text holds each of its whole windows once; the next pass starts elsewhere
-    (its own offset and order), and every sample is a pure function of (seed, index)."""
+    """A pass over the text holds each of its whole windows once; each of the next S - 1 passes
+    starts at an offset none before it in the run took (its own order too), and every sample is a
+    pure function of (seed, index)."""
     sampler, _ = build(tiny_spec, {"name": "text-windows", "text": "builtin:corpus_excerpt.txt"}, 12,
                        teacher={"vocab_size": 256})
     n, S = sampler.per_pass, 12
@@ -451,6 +452,12 @@ def test_text_windows_read_every_window_once_before_any_repeats(tiny_spec):
     assert all(0 <= s and s + S <= len(sampler.tokens) for s in first)
     second = [sampler.start(0, n + i) for i in range(n)]
     assert len(set(second)) == n and second != first
+    # a run of S passes takes every offset once: no start is read twice within it
+    for run in (0, 1):
+        offsets = [sampler.start(0, (run * S + c) * n) % S for c in range(S)]
+        assert sorted(offsets) == list(range(S)), offsets
+        starts = [sampler.start(0, (run * S) * n + i) for i in range(S * n)]
+        assert len(set(starts)) == S * n
     x = sampler.sample([n + 5, 3], seed=0)
     assert torch.equal(x.ids[1], sampler.tokens[first[3] : first[3] + S])
     assert torch.equal(x.ids[0], sampler.tokens[second[5] : second[5] + S])

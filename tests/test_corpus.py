@@ -94,6 +94,7 @@ def test_every_source_is_pinned_and_names_a_cleaner():
         assert re.fullmatch(r"[0-9a-f]{64}", source.sha256), source.id
         assert source.url.startswith("https://") and source.members, source.id
     assert {s.id for s in SOURCES if s.licence == PUBLIC_DOMAIN} == {"devil", "jargon"}
+    assert corpus.MIN_WORDS == 1_000_000  # build refuses a corpus under it (issue #24's floor)
 
 
 def test_default_path_is_under_kd_cache(monkeypatch, tmp_path):
@@ -388,8 +389,10 @@ TALES = [
 
 
 @pytest.fixture
-def fake(tmp_path):
-    """(sources, held-out sources, shipped texts) served from file:// URLs: a story, a fortune, an eval text."""
+def fake(tmp_path, monkeypatch):
+    """(sources, held-out sources, shipped texts) served from file:// URLs: a story, a fortune, an eval text.
+    They are a few words: the corpus's floor is lowered for them."""
+    monkeypatch.setattr(corpus, "MIN_WORDS", 1)
     cfg = "".join(f'[message]\n    message= _ "{t}"\n[/message]\n' for t in TALES).encode()
     tales = _source(tmp_path, "tales", {"./tales.cfg": cfg}, "wesnoth", ("./*.cfg",))
     more = _source(tmp_path, "more", {"./more.cfg": b'story= _ "Then the rain stopped, and the whole valley '
@@ -417,6 +420,17 @@ def test_build_writes_the_kept_paragraphs_and_a_manifest(tmp_path, fake):
     assert [s["licence"] for s in manifest["sources"]] == ["GPL-2.0-or-later"] * 2
     assert [line.split()[0] for line in lines] == ["held", "tales", "more"]  # one progress line per source
     assert "sayings" not in text and "they say" not in text
+
+
+def test_a_corpus_under_its_floor_is_refused_and_not_written(tmp_path, fake):
+    """The pinned sources must give MIN_WORDS words; fewer (a re-pin whose cleaner finds little) is
+    one line naming each source's count, and nothing is written."""
+    out = tmp_path / "out" / "english.txt"
+    total = build(out, tmp_path / "dl", *fake, log=lambda line: None)["total_words"]
+    out.unlink(), out.with_suffix(".json").unlink()
+    with pytest.raises(CorpusError, match=rf"gave {total} words, fewer than {total + 1}; not written .*tales \d+"):
+        build(out, tmp_path / "dl", *fake, log=lambda line: None, min_words=total + 1)
+    assert list(out.parent.iterdir()) == []
 
 
 def test_build_is_deterministic(tmp_path, fake):

@@ -50,6 +50,7 @@ from kdcore.texts.corpus_sources import (EXCERPT_AVOIDS, HELD_OUT, PUBLIC_DOMAIN
 
 CORPUS_NAME = "english"
 NGRAM = 8
+MIN_WORDS = 1_000_000  # a reference distilled on less reads its windows too few ways (issue #24)
 DUPLICATE_SHARE = 0.5  # more than this share of a paragraph's 8-grams already kept: a duplicate
 EXCERPT_WORDS = 4000
 DROPS = ("not_prose", "duplicate", "held_out")
@@ -308,9 +309,10 @@ def _manifest(out: Path, text: bytes, entries: list[dict], held_out: Sequence[So
 
 def build(out: Path, downloads: Path, sources: Sequence[Source] | None = None,
           held_out: Sequence[Source] | None = None, shipped: Sequence[Path] | None = None,
-          log: Callable[[str], None] = _say) -> dict:
+          log: Callable[[str], None] = _say, min_words: int | None = None) -> dict:
     """Fetch, clean and filter every source into `out` (and its manifest, `out` with .json); the manifest.
-    Nothing is left at `out` unless the whole text was written and checked."""
+    Nothing is left at `out` unless the whole text was written and checked, at `min_words` words or
+    more (default MIN_WORDS)."""
     sources = SOURCES if sources is None else sources
     held_out = HELD_OUT if held_out is None else held_out
     shipped = [HERE / name for name in SHIPPED_HELD_OUT] if shipped is None else shipped
@@ -323,6 +325,11 @@ def build(out: Path, downloads: Path, sources: Sequence[Source] | None = None,
         if shared := shared_with(text.decode("utf-8"), exclusions):  # a bug in the filter, never data
             raise RuntimeError(f"the corpus shares {shared} 8-grams with the held-out texts; not written")
         manifest = _manifest(out, text, entries, held_out, shipped)
+        floor = MIN_WORDS if min_words is None else min_words
+        if manifest["total_words"] < floor:  # a re-pinned source whose cleaner now finds little
+            counts = ", ".join(f"{e['id']} {e['words']:,}" for e in entries)
+            raise CorpusError(f"{out}: the sources gave {manifest['total_words']:,} words, fewer than "
+                              f"{floor:,}; not written (words per source: {counts})")
         _replace(out.with_suffix(".json"), (json.dumps(manifest, indent=1) + "\n").encode())
         os.replace(tmp, out)  # last: a corpus on disk always has its manifest
     finally:

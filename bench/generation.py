@@ -47,6 +47,7 @@ SAMPLERS = {
     "uniform": {"name": "uniform", "low": -10.0, "high": 10.0},
     "random-ids": {"name": "random-ids"},
     "zipf-ids": {"name": "zipf-ids"},
+    "teacher-unigram-ids": {"name": "teacher-unigram-ids", "temperature": 1.5, "low": 17},  # as the study's
     "teacher-generated": {"name": "teacher-generated"},
     "mix": {"name": "mix", "weights": [0.7, 0.3], "samplers": [{"name": "teacher-generated"}, {"name": "random-ids"}]},
 }
@@ -63,7 +64,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--sampler", default="uniform", choices=sorted(SAMPLERS),
-                    help="uniform (soft rows), random-ids, zipf-ids, teacher-generated, or mix (of teacher-generated and random ids)")
+                    help="uniform (soft rows), random-ids, zipf-ids, teacher-unigram-ids (T = 1.5, as the study's), "
+                         "teacher-generated, or mix (of teacher-generated and random ids)")
     ap.add_argument("--group", type=int, help="teacher-generated: samples decoded together (default: the sampler's)")
     ap.add_argument("--burn-in", type=int, default=0, help="teacher-generated: tokens written and dropped before each window")
     ap.add_argument("--positions", default="last", choices=["last", "all"], help="target positions (both sides)")

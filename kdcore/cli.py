@@ -214,12 +214,15 @@ def compare(runs: list[Path] = typer.Argument(..., help="run folders (runs/<expe
 def study(folders: list[Path] = typer.Argument(..., help="folders of specs, e.g. experiments/study"),
           output: Optional[Path] = typer.Option(None, "--out", help="default: <runs_dir>/study"),
           complete_only: bool = typer.Option(False, "--complete-only",
-                                             help="compare the specs whose runs are complete; run nothing")):
+                                             help="compare the specs whose runs are complete; run nothing"),
+          reference: Optional[str] = typer.Option(None, "--reference", metavar="RECIPE",
+                                                  help="also set every run against this recipe's run at its "
+                                                       "budget (shares.md): agreement as a share of it")):
     """Run every spec in the folders (resumable), then compare them: a table per evaluation text, and
     agreement and KL against the budget where a recipe ran at several."""
     from kdcore.stages.study import run_study
 
-    run_study(folders, output, complete_only)
+    run_study(folders, output, complete_only, reference)
 
 
 @app.command()

@@ -218,6 +218,13 @@ def test_study_runs_each_spec_once_draws_the_budget_and_compares_part_way(tiny_s
     assert set(json.loads((out / "timings.json").read_text())) == {"tiny_a", "tiny_b"}
     assert (out / "budget.png").exists() and (out / "compare.md").exists()
     before = (tmp_path / "runs" / "tiny_a" / "eval" / "report.json").read_bytes()
+    wrong = _kd("study", str(folder), "--out", str(out), "--complete-only", "--reference", "nois")
+    assert wrong.returncode == 1 and "--reference nois: no spec of that recipe" in wrong.stderr
+    shares = _kd("study", str(folder), "--out", str(out), "--complete-only", "--reference", "noise")
+    assert shares.returncode == 0, shares.stderr
+    rows = json.loads((out / "shares.json").read_text())["builtin:eval.txt"]
+    assert [(r["label"], r["samples"]) for r in rows] == [("tiny_a", 24), ("tiny_b", 48)]  # each its own reference
+    assert all(r["share"] == (1.0 if r["top1_agreement_in_context"] else None) for r in rows)  # no share of 0
 
     late = copy.deepcopy(tiny_spec)
     late["name"], late["datasets"] = "tiny_c", {"noise_c": late["datasets"]["noise"]}
@@ -267,6 +274,39 @@ def test_compare_shows_each_distinct_untrained_student_once():
     assert labels == ["a_random", "b_random", "c_subclone", "untrained (a_random)", "untrained (c_subclone)",
                       "unigram (a_random)", "teacher"]
     assert [r["kl_teacher_student"] for r in rows[3:5]] == [7.0, 13.0]
+
+
+def test_shares_set_each_run_against_the_reference_at_its_budget(tmp_path):
+    """`kd study --reference RECIPE`: each run's agreement past the first position over the reference
+    run's at the same budget, from unrounded figures; KL and perplexity past the first position, or
+    over every position marked * for a report without the split; rows by budget, reference first."""
+    from kdcore.report.compare import compare_rows
+    from kdcore.report.shares import write_shares
+
+    def report(name, recipe, samples, by_position, kl_split=True):
+        student = {"top1_agreement": 0.5, "kl_teacher_student": 2.0, "perplexity": 50.0, "distinct_predicted": 9,
+                   "agreement_by_position": by_position, "nll_by_position": [3.0] * len(by_position),
+                   **({"kl_by_position": [4.0] + [1.5] * (len(by_position) - 1)} if kl_split else {})}
+        unigram = {**student, "perplexity": 100.0, "nll_by_position": [4.0] * len(by_position)}
+        return {"experiment": name, "recipe": recipe, "budget": {"samples": samples}, "text": "t", "seq_len": 3,
+                "positions": "all", "texts": {"t": {"windows": 8, "teacher": {"perplexity": 10.0, "distinct_predicted": 5},
+                                                    "results": {"student": student, "untrained": student, "unigram": unigram}}}}
+
+    reports = [report("noise_1x", "noise", 100, [1.0, 0.2, 0.4]), report("real_1x", "real", 100, [1.0, 0.3, 0.6]),
+               report("noise_4x", "noise", 400, [1.0, 0.35, 0.35], kl_split=False),
+               report("real_4x", "real", 400, [1.0, 0.4, 0.5])]
+    tables = {"t": compare_rows(reports, "t")}
+    rows = write_shares(tmp_path, reports, tables, "real")["t"]
+    assert [r["label"] for r in rows] == ["real_1x", "noise_1x", "real_4x", "noise_4x"]
+    assert [r["share"] for r in rows] == pytest.approx([1.0, 0.3 / 0.45, 1.0, 0.35 / 0.45])
+    assert rows[1]["kl_in_context"] == pytest.approx(1.5) and rows[3]["kl_in_context"] == 2.0  # over every position
+    assert rows[1]["ppl_vs_unigram_in_context"] == pytest.approx(math.exp(-1.0))
+    assert rows[3]["all_positions"] == ["kl_in_context"]
+    md = (tmp_path / "shares.md").read_text()
+    assert "| run | samples | top-1, 2+ token context | % of real | KL, 2+ token context |" in md
+    assert "| noise_1x | 100 | 0.300 | 66.7% | 1.500 | 0.37 | 9 |" in md
+    assert "| noise_4x | 400 | 0.350 | 77.8% | 2.000* |" in md
+    assert json.loads((tmp_path / "shares.json").read_text())["t"][1]["label"] == "noise_1x"
 
 
 def test_agreement_kl_and_perplexity_past_the_first_position_are_their_own_columns():

@@ -4,7 +4,8 @@
     kd study experiments/study experiments/study_4x --complete-only --out docs/results/study
 
 Writes compare.md (one table per evaluation text), compare.json, compare_texts.json, compare.png,
-budget.png (where one recipe ran at several budgets) and timings.json into the output folder, and a
+budget.png (where one recipe ran at several budgets), timings.json and, with `--reference RECIPE`,
+shares.md and shares.json (each run against that recipe at its budget) into the output folder, and a
 copy of each run's report in its `reports/` folder. A study spans sessions, and a session's run
 folders may be gone by the next (another machine, a fresh clone): a spec whose run is not here is
 taken from its copied report where that report is this spec's (the same identity, with the teacher
@@ -23,6 +24,7 @@ from kdcore.config.load import load_spec
 from kdcore.problems import KDError
 from kdcore.report.compare import common_texts, compare_rows, load_report, write_comparison
 from kdcore.report.console import reporter
+from kdcore.report.shares import write_shares
 from kdcore.report.tables import rich_table
 from kdcore.run.folder import RunFolder
 from kdcore.stages.evaluate import EvaluateStage
@@ -30,13 +32,19 @@ from kdcore.stages.runner import Runner
 from kdcore.system.files import write_atomic
 
 
-def run_study(folders: list[Path], out_dir: Path | None = None, complete_only: bool = False) -> dict[str, list[dict]]:
+def run_study(folders: list[Path], out_dir: Path | None = None, complete_only: bool = False,
+              reference: str | None = None) -> dict[str, list[dict]]:
     """`complete_only`: compare the specs whose results are here (a current run, or a report copied
-    into `out_dir/reports`), run nothing, and name the others (a study read part-way)."""
+    into `out_dir/reports`), run nothing, and name the others (a study read part-way). `reference`:
+    a recipe every run is set against at its budget (shares.md)."""
     paths = [p for folder in folders for p in sorted(Path(folder).glob("*.toml"))]
     if not paths:
         raise KDError(f"{', '.join(map(str, folders))}: no *.toml specs")
     specs = [load_spec(p) for p in paths]  # every spec validated before anything runs
+    recipes = sorted({s.recipe or s.name for s in specs})
+    if reference is not None and reference not in recipes:
+        raise KDError(f"--reference {reference}: no spec of that recipe in {', '.join(map(str, folders))} "
+                      f"(recipes: {', '.join(recipes)})")
     out_dir = Path(out_dir or Path(specs[0].runs_dir) / "study")
     timings_file = out_dir / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
@@ -57,6 +65,8 @@ def run_study(folders: list[Path], out_dir: Path | None = None, complete_only: b
     for text, rows in tables.items():
         reporter.show(rich_table(rows, f"vs teacher on {text}"))
     write_comparison(reports, tables, out_dir, footer(reports, timings, pending))
+    if reference is not None:
+        write_shares(out_dir, reports, tables, reference)
     reporter.note(f"study: {len(reports)} of {len(specs)} specs compared; tables in {out_dir / 'compare.md'}")
     return tables
 

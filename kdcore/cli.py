@@ -79,9 +79,34 @@ def _fail(e: KDError):
 def _spec(path: Path):
     from kdcore.config.load import load_spec
 
-    spec = load_spec(path)
+    try:
+        spec = load_spec(path)
+    except KDError as e:
+        raise _with_student_package(e, path) from None
     _warn(spec.registry)
     return spec
+
+
+def _with_student_package(e: KDError, path: Path) -> KDError:
+    """An unknown student whose run saved it from an installed package (the package was uninstalled
+    since, or this is another machine): the problem names the package to install."""
+    unknown = [p for p in e.problems if p.key == "student.name" and p.message.startswith("unknown student")]
+    if not unknown:
+        return e
+    from kdcore.config.load import read_toml
+    from kdcore.config.spec import Spec
+    from kdcore.problems import Problem
+    from kdcore.run.artifact import install_hint, recorded_package
+    from kdcore.run.folder import RunFolder
+
+    data = read_toml(path)
+    run = Path(str(data.get("runs_dir", Spec.model_fields["runs_dir"].default))) / str(data.get("name", ""))
+    student = data.get("student", {}).get("name") if isinstance(data.get("student"), dict) else None
+    package = recorded_package(RunFolder(run).reverted, student)
+    if package is None:
+        return e
+    hint = f"; {run} holds a trained '{student}': {install_hint(package)}"
+    return KDError(*(Problem(p.message + hint, p.key, p.file, p.cause) if p in unknown else p for p in e.problems))
 
 
 def _warn(registry) -> None:

@@ -179,6 +179,27 @@ def test_a_missing_package_is_one_line_naming_it_and_how_to_install_it(tmp_path,
     assert "pip install gguf" in proc.stderr
 
 
+def test_an_uninstalled_student_names_the_package_its_trained_run_came_from(tmp_path, write_spec, tiny_spec):
+    """A spec whose student's package is gone (uninstalled, or another machine) while its run holds a
+    student saved from that package: the problem names the package and the pip command."""
+    from kdcore.run.artifact import GENERIC_KEY
+
+    spec = write_spec({**tiny_spec, "student": {"name": "gone-student"}})
+    code, output = kd("sample", spec, "The cat")
+    assert code == 1 and "unknown student 'gone-student'" in output and "pip install" not in output
+    reverted = tmp_path / "runs" / "tiny" / "reverted"
+    reverted.mkdir(parents=True)
+    record = {"format": 1, "student": "gone-student", "package": {"name": "kd-gone", "version": "1.2"}}
+    (reverted / "config.json").write_text(json.dumps({GENERIC_KEY: record}))
+    for command in (("sample", spec, "The cat"), ("eval", spec), ("validate", spec)):
+        code, output = kd(*command)
+        assert code == 1 and "Traceback" not in output, output
+        flat = " ".join(output.split())
+        assert "unknown student 'gone-student'" in flat and "pip install 'kd-gone==1.2'" in flat, flat
+    (reverted / "config.json").write_text(json.dumps({GENERIC_KEY: {**record, "student": "another"}}))
+    assert "pip install" not in kd("sample", spec, "The cat")[1]  # that run's student is not this one
+
+
 @pytest.mark.parametrize("error, package", [
     (ModuleNotFoundError("No module named 'google'", name="google"), "protobuf"),
     (ImportError("LlamaTokenizerFast requires the protobuf library but it was not found in your environment."), "protobuf"),

@@ -165,6 +165,22 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> torch.
     return _load_generic(path, config[GENERIC_KEY], device)
 
 
+def recorded_package(reverted: Path, student: str) -> dict | None:
+    """The package {name, version} that the generic student `student` saved in `reverted` came from,
+    as its folder records it; None where there is none (no folder, a transformers folder, another
+    student, or one from a spec's own module)."""
+    try:
+        meta = json.loads((Path(reverted) / "config.json").read_text())[GENERIC_KEY]
+        return meta["package"] if meta["student"] == student else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def install_hint(package: dict) -> str:
+    return f"it comes from the package '{package['name']}' {package['version']}: pip install " \
+           f"'{package['name']}=={package['version']}'"
+
+
 def _load_generic(path: Path, meta: dict, device) -> torch.nn.Module:
     from safetensors.torch import load_model
 
@@ -173,8 +189,7 @@ def _load_generic(path: Path, meta: dict, device) -> torch.nn.Module:
     registry = _registry_for(meta.get("plugins", []))
     if meta["student"] not in registry.names("student"):
         package = meta.get("package")
-        install = f"; it comes from the package '{package['name']}' {package['version']}: pip install " \
-                  f"'{package['name']}=={package['version']}'" if package else ""
+        install = f"; {install_hint(package)}" if package else ""
         raise KDError(f"{path}: student '{meta['student']}' is not installed here{install}")
     component = registry.get("student", meta["student"])
     params = component.params.model_validate(meta["params"])

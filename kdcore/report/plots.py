@@ -94,6 +94,11 @@ def _metric(report: dict, text: str, key: str, who: str = "student") -> float:
     return with_derived_columns([results[who]], results["unigram"])[0][key]
 
 
+def recipe_of(report: dict) -> str:
+    """The recipe a report's run measures (its spec's `recipe`; reports from before it: the name)."""
+    return report.get("recipe") or report["experiment"]
+
+
 IN_CONTEXT = {"top1_agreement": "top1_agreement_in_context", "kl_teacher_student": "kl_in_context",
               "ppl_vs_unigram": "ppl_vs_unigram_in_context"}
 
@@ -117,7 +122,7 @@ def plot_budget(reports: list[dict], out: Path) -> Path:
     plt = _plt()
     texts = [t for t in reports[0]["texts"] if all(t in r["texts"] for r in reports)]
     fig, axes = plt.subplots(len(texts), 3, figsize=(4.4 * 3, 3.4 * len(texts)), squeeze=False)
-    recipes = list(dict.fromkeys(r.get("recipe") or r["experiment"] for r in reports))
+    recipes = list(dict.fromkeys(recipe_of(r) for r in reports))
     budgets = sorted({r["budget"]["tokens"] for r in reports})
     for i, text in enumerate(texts):
         metrics = [("top1_agreement", "top-1 agreement"), ("kl_teacher_student", "KL(teacher‖student)"),
@@ -127,7 +132,7 @@ def plot_budget(reports: list[dict], out: Path) -> Path:
             title += ", 2+ token context" if key.endswith("context") else ""
             ax = axes[i][j]
             for c, recipe in enumerate(recipes):
-                runs = sorted((r for r in reports if (r.get("recipe") or r["experiment"]) == recipe),
+                runs = sorted((r for r in reports if recipe_of(r) == recipe),
                               key=lambda r: r["budget"]["tokens"])
                 ax.plot([r["budget"]["tokens"] for r in runs], [_metric(r, text, key) for r in runs],
                         marker="o", ms=4, lw=1, color=f"C{c % 10}", label=recipe)

@@ -21,6 +21,19 @@ def test_background_helpers_run_at_idle_priority_and_leave_the_caller_alone():
     assert os.sched_getscheduler(0) != os.SCHED_IDLE
 
 
+def test_a_helper_left_on_its_own_thread_does_not_wait_for_itself():
+    """A read-ahead generator garbage-collected on its helper's thread leaves its `with` there: the
+    pool shuts down without joining the thread it runs on (a plain executor raises)."""
+    from kdcore.system.threads import background
+
+    pool = background("self").__enter__()
+    assert pool.submit(pool.__exit__, None, None, None).result() is False  # no "cannot join current thread"
+    with pytest.raises(RuntimeError):
+        pool.submit(print)  # shut down
+    with background("other") as other:
+        assert other.submit(lambda: 7).result() == 7
+
+
 def test_spread_covers_every_index_once_in_any_thread():
     seen, lock = [], threading.Lock()
 

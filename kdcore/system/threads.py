@@ -45,10 +45,28 @@ def _spreader(idle: bool) -> Callable[[], None]:
     return init
 
 
+class _Helper(ThreadPoolExecutor):
+    """One thread that knows itself: a generator holding the pool (read-ahead) may be garbage-collected
+    on that thread and leave its `with` there, where joining the thread from itself would raise."""
+
+    def __init__(self, name: str, initializer: Callable[[], None] | None):
+        self._own: set[int] = set()
+
+        def init() -> None:  # runs on the thread before any task
+            self._own.add(threading.get_ident())
+            if initializer is not None:
+                initializer()
+        super().__init__(1, thread_name_prefix=f"kd-{name}", initializer=init)
+
+    def __exit__(self, *exc) -> bool:
+        self.shutdown(wait=threading.get_ident() not in self._own)
+        return False
+
+
 def background(name: str, idle: bool = True) -> ThreadPoolExecutor:
     """A one-thread executor at idle priority, or at normal priority for a thread that mostly
-    waits (use it as a context manager)."""
-    return ThreadPoolExecutor(1, thread_name_prefix=f"kd-{name}", initializer=_helper if idle else None)
+    waits (use it as a context manager; left on its own thread, it does not wait for itself)."""
+    return _Helper(name, _helper if idle else None)
 
 
 def spread(fn: Callable[[int], None], n: int) -> None:

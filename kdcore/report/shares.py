@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 
 from kdcore.eval.metrics import METRICS
-from kdcore.report.plots import recipe_of
+from kdcore.report.plots import IN_CONTEXT, recipe_of
 
-COLUMNS = ("top1_agreement_in_context", "kl_in_context", "ppl_vs_unigram_in_context")
-FALLBACK = {"top1_agreement_in_context": "top1_agreement", "kl_in_context": "kl_teacher_student",
-            "ppl_vs_unigram_in_context": "ppl_vs_unigram"}  # a run scored at its last position only
+COLUMNS = tuple(IN_CONTEXT.values())  # agreement, KL, perplexity / unigram past the first position
+FALLBACK = {past: overall for overall, past in IN_CONTEXT.items()}  # a run scored at its last position only
 
 
 def share_rows(reports: list[dict], tables: dict[str, list[dict]], reference: str) -> dict[str, list[dict]]:
